@@ -1,0 +1,69 @@
+"""Error signatures: which entries match which configured signal.
+
+Rules: pure; one entry counts at most once per signal, on the entry that carries the signature
+(a Node stack trace is one entry per line, and only its first line names the error).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from monitor.classify.observations import ErrorHit
+from monitor.entries import EntryKind, LogEntry
+
+SAMPLE_LIMIT = 2000  # characters kept of a matching line; the renderer cuts further for Slack
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    name: str
+    pattern: re.Pattern[str]
+
+
+class SignalMatcher:
+    """Matches every configured signature against an entry's text.
+
+    With several signals, one combined alternation rejects the (vast) majority of entries that
+    match none in a single regex pass; only a hit is then attributed to its signals.
+    """
+
+    def __init__(self, signatures: Sequence[Signature]) -> None:
+        self._signatures = tuple(signatures)
+        if len(self._signatures) > 1:
+            self._any: re.Pattern[str] | None = re.compile(
+                "|".join(f"(?:{s.pattern.pattern})" for s in self._signatures)
+            )
+        else:
+            self._any = None
+
+    def hits(self, entry: LogEntry) -> list[ErrorHit]:
+        if entry.service is None or entry.kind is EntryKind.REQUEST:
+            return []
+        text = entry.text
+        if self._any is not None and self._any.search(text) is None:
+            return []
+        out = []
+        for sig in self._signatures:
+            m = sig.pattern.search(text)
+            if m is None:
+                continue
+            out.append(
+                ErrorHit(
+                    at=entry.timestamp,
+                    service=entry.service,
+                    revision=entry.revision,
+                    signal=sig.name,
+                    insert_id=entry.insert_id,
+                    sample=_line_of(text, m.start())[:SAMPLE_LIMIT],
+                )
+            )
+        return out
+
+
+def _line_of(text: str, pos: int) -> str:
+    """The line of a multi-line text that holds the match: the most telling single line."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return text[start : end if end != -1 else len(text)].strip()

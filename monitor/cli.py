@@ -1,0 +1,184 @@
+"""The command line: `monitor once` and `monitor check-config` (DESIGN.md's CLI contract).
+
+Rules: stdout carries only the command's output (one JSON object with `--format json`); logs and
+console notifications in JSON mode go to stderr. Exit codes for `once`: 0 nothing open, 1 at least
+one incident open, 2 usage or config error, 3 the check could not complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TextIO
+
+import click
+import yaml
+
+from monitor.check import CycleResult, run_cycle
+from monitor.config import Config, ConfigError, default_config_path, load_config, masked
+from monitor.config import parse_duration as _parse_duration
+from monitor.entries import MalformedEntry, parse_time
+from monitor.notify.console import ConsoleNotifier
+from monitor.notify.message import DeliveryError, Notifier
+from monitor.output import result_json, result_text
+from monitor.sources.base import Source, SourceError
+from monitor.sources.file import FileSource
+from monitor.store import open_store
+
+EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+
+log = logging.getLogger("monitor")
+
+
+class DurationParam(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return _parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TimeParam(click.ParamType):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_time(value)
+        except MalformedEntry:
+            self.fail(f"{value!r} is not an RFC3339 time (e.g. 2025-12-13T02:00:00Z)", param, ctx)
+
+
+def _setup_logging(level: str = "WARNING") -> None:
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    click.echo(f"monitor: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path or default_config_path())
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, f"config error: {exc}")
+
+
+def _notifier(config: Config, stream: TextIO) -> Notifier:
+    if not config.slack.token:
+        return ConsoleNotifier(stream)
+    from monitor.notify.slack import SlackNotifier
+
+    return SlackNotifier(config.slack.token, base_url=config.slack.base_url)
+
+
+def _source(config: Config) -> Source:
+    if config.source.type == "file":
+        assert config.source.path is not None
+        return FileSource(config.source.path)
+    _fail(EXIT_USAGE, "source.type: cloud_logging is not available in this version yet; "
+                      "use type: file with a `gcloud logging read --format=json` export")
+
+
+config_option = click.option(
+    "--config", "config_path", metavar="PATH",
+    help="config file (default: $MONITOR_CONFIG, else ./config.yaml)",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """monitor: a log-driven incident monitor for Cloud Run services."""
+
+
+@main.command()
+@config_option
+@click.option("--since", type=DurationParam(), help="read this far back (e.g. 2h) when no "
+              "checkpoint is stored")
+@click.option("--now", "now_", type=TimeParam(), help="the clock (RFC3339); default: now, or "
+              "the latest entry of a file source")
+@click.option("--dry-run", is_flag=True, help="compute and print, send and save nothing")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def once(config_path: str | None, since: timedelta | None, now_: datetime | None,
+         dry_run: bool, fmt: str) -> None:
+    """Run one check; the exit code says whether anything is open (0 no, 1 yes)."""
+    _setup_logging()
+    config = _load(config_path)
+    out = sys.stdout if fmt == "text" else sys.stderr
+    source = _source(config)
+    notifier = _notifier(config, out)
+    try:
+        if now_ is None:
+            now_ = _clock(source)
+        store = open_store(config.state.url)
+    except (SourceError, OSError, ValueError) as exc:
+        _fail(EXIT_INCOMPLETE, str(exc))
+    results: list[CycleResult] = []
+    try:
+        for unit in config.units:
+            file_source = isinstance(source, FileSource)
+            results.append(run_cycle(
+                config, store, source, notifier,
+                unit=unit.project or "default",
+                services=unit.services,
+                project=unit.project,
+                now=now_,
+                complete_until=now_ if file_source else now_ - config.poll.max_lateness,
+                since=since,
+                default_lookback=None if file_source else config.poll.first_lookback,
+                dry_run=dry_run,
+            ))
+    except (SourceError, DeliveryError) as exc:
+        _fail(EXIT_INCOMPLETE, f"check could not complete: {exc}")
+    finally:
+        store.close()
+    result = results[0] if len(results) == 1 else _merge(results)
+    if dry_run:
+        console = ConsoleNotifier(out)
+        for message in result.messages:
+            console.print_message(message)
+    if fmt == "json":
+        click.echo(json.dumps(result_json(result), indent=2))
+    else:
+        click.echo(result_text(result))
+    if any(not r.delivery.ok for r in results):
+        _fail(EXIT_INCOMPLETE, "some notifications could not be delivered; they stay queued")
+    sys.exit(EXIT_OPEN if result.open_incidents else EXIT_OK)
+
+
+def _merge(results: list[CycleResult]) -> CycleResult:
+    """Several units of work share one store: the last cycle's state holds them all."""
+    last = results[-1]
+    for r in results[:-1]:
+        last.stats.entries_read += r.stats.entries_read
+        last.stats.entries_skipped += r.stats.entries_skipped
+        last.stats.api_requests += r.stats.api_requests
+        last.delivery.sent += r.delivery.sent
+        last.messages[:0] = r.messages
+    return last
+
+
+def _clock(source: Source) -> datetime:
+    """A replayed export's clock is its newest entry; anything else runs on real time."""
+    if isinstance(source, FileSource):
+        latest = source.latest_timestamp()
+        if latest is None:
+            raise SourceError(f"{source.path}: no log entries to replay")
+        return latest
+    return datetime.now(UTC)
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the config and print it, as the monitor will use it, with secrets masked."""
+    config = _load(config_path)
+    click.echo(yaml.safe_dump(masked(config), sort_keys=False), nl=False)
+    click.echo("config OK", err=True)

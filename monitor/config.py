@@ -1,0 +1,311 @@
+"""config.yaml: pydantic models, `${VAR}` interpolation and one `Duration` type.
+
+Rules: everything is validated before anything runs; unknown keys are errors (a typo must never
+be silently ignored); an error names the key path and the problem, e.g.
+`signals[0].window: invalid duration 'five minutes'`. Secrets come from the environment and are
+masked whenever the config is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PATH = "config.yaml"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the key path and the problem."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """"30s", "5m", "2h", "1d", "1h30m", or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if text and pos == len(text):
+            return timedelta(seconds=total)
+    raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 5m, 2h, 1d)")
+
+
+def format_duration(d: timedelta) -> str:
+    """The shortest exact form: 900 s -> "15m", 5400 s -> "1h30m"."""
+    seconds = int(d.total_seconds())
+    if seconds == 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Model):
+    type: Literal["cloud_logging", "file"] = "cloud_logging"
+    transport: Literal["grpc", "rest"] = "grpc"
+    api_endpoint: str | None = None
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> SourceConfig:
+        if self.type == "file" and self.path is None:
+            raise ValueError("path: required when source.type is 'file'")
+        return self
+
+
+class PollConfig(_Model):
+    interval: Duration = timedelta(seconds=60)
+    max_lateness: Duration = timedelta(minutes=10)
+    first_lookback: Duration = timedelta(hours=1)
+
+
+class SignalConfig(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+    match: re.Pattern[str]
+    severity: Literal["critical", "high", "warning", "info"] = "critical"
+    open_after: Annotated[int, Field(ge=1)] = 1
+    window: Duration = timedelta(minutes=5)
+    resolve_after: Duration = timedelta(minutes=15)
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> re.Pattern[str]:
+        if isinstance(value, re.Pattern):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a non-empty regular expression")
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+
+
+class MigrationsConfig(_Model):
+    tool: Literal["prisma", "none"] = "prisma"
+
+
+class SlackConfig(_Model):
+    channel: Annotated[str, Field(min_length=1)] = "#alerts"
+    token: str = ""
+    base_url: str | None = None
+    update_every: Duration = timedelta(minutes=15)
+
+    @field_validator("base_url")
+    @classmethod
+    def _trailing_api(cls, value: str | None) -> str | None:
+        # slack-sdk joins method names onto base_url: without the trailing slash every call 404s.
+        if value is not None and not value.endswith("/"):
+            value += "/"
+        return value
+
+
+class StateConfig(_Model):
+    url: str = "sqlite:///.monitor/state.db"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class Target(_Model):
+    """One unit of work: a project and the services watched in it."""
+
+    project: str | None = None
+    services: Annotated[list[str], Field(min_length=1)]
+
+
+class Config(_Model):
+    project: str | None = None
+    services: list[str] = []
+    targets: list[Target] = []
+    source: SourceConfig = SourceConfig()
+    poll: PollConfig = PollConfig()
+    signals: Annotated[list[SignalConfig], Field(min_length=1)]
+    migrations: MigrationsConfig = MigrationsConfig()
+    slack: SlackConfig = SlackConfig()
+    state: StateConfig = StateConfig()
+
+    @model_validator(mode="after")
+    def _units_of_work(self) -> Config:
+        if self.targets and (self.services or self.project):
+            raise ValueError("targets: use either targets or project + services, not both")
+        if not self.targets and not self.services:
+            raise ValueError("services: at least one service to watch is required")
+        if self.source.type == "cloud_logging" and not all(t.project for t in self.units):
+            raise ValueError("project: required when source.type is 'cloud_logging'")
+        names = [s.name for s in self.signals]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"signals: duplicate signal name {dupes[0]!r}")
+        return self
+
+    @property
+    def units(self) -> list[Target]:
+        """The units of work, whichever way the config spelt them."""
+        if self.targets:
+            return list(self.targets)
+        return [Target(project=self.project, services=list(self.services))]
+
+    @property
+    def watched_services(self) -> list[str]:
+        return [s for unit in self.units for s in unit.services]
+
+    def signal(self, name: str) -> SignalConfig | None:
+        return next((s for s in self.signals if s.name == name), None)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _path_str(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _interpolate(node: Any, env: Mapping[str, str], path: tuple[str | int, ...]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{_path_str(path)}: environment variable {name} is not set "
+                f"(write ${{{name}:-default}} to give a default)"
+            )
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, (*path, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, (*path, i)) for i, v in enumerate(node)]
+    return node
+
+
+_OWN_KEY = re.compile(r"^([a-z_]+): (.*)$", re.S)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        # A model validator names the key it checked at the front of its message ("path: ...").
+        own = _OWN_KEY.match(msg) if err["type"] == "value_error" else None
+        if own:
+            loc, msg = (*loc, own.group(1)), own.group(2)
+        lines.append(f"{_path_str(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document; raises ConfigError naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): the config must be a mapping of keys to values")
+    data = _interpolate(data, os.environ if env is None else env, ())
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate config.yaml; a relative `source.path` is taken from the file's folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    config = parse_config(data, env)
+    if config.source.path is not None and not config.source.path.is_absolute():
+        source = config.source.model_copy(update={"path": p.parent / config.source.path})
+        config = config.model_copy(update={"source": source})
+    return config
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("MONITOR_CONFIG") or DEFAULT_PATH
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.I)
+
+
+def mask_url(url: str) -> str:
+    """postgresql://monitor:hunter2@db/x -> postgresql://monitor:***@db/x"""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The effective config as plain data with every secret masked, for `check-config`."""
+    data = config.model_dump(mode="json")
+    if data["slack"]["token"]:
+        data["slack"]["token"] = "***"
+    data["state"]["url"] = mask_url(data["state"]["url"])
+    return data

@@ -1,0 +1,454 @@
+"""The incident state machine: observations in, incidents and transitions out.
+
+Rules:
+- Everything that decides an incident's status lives in this file; `revisions.py` only keeps
+  facts about revisions.
+- It never reads the clock, the store or the network. Time is event time: each observation's
+  timestamp, and `now` / `complete_until` passed in by the caller once per cycle.
+- Timers (resolution, throttled updates) are checked before each observation in time order and
+  once more at `now`. A replay of a whole export therefore emits the same transitions, at the
+  same event times, as a live monitor that polled the same entries as they were written.
+- A move the status table does not list is a bug, and raises `InvalidMove` naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from monitor.classify.observations import (
+    DeployEvent,
+    DeployStage,
+    ErrorHit,
+    MigrationEvent,
+    MigrationOutcome,
+    Observation,
+    RequestServed,
+)
+from monitor.config import Config, format_duration
+from monitor.correlate import revisions as rev
+from monitor.correlate.model import (
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    MigrationFailure,
+    MigrationRecord,
+    RevisionFacts,
+    Transition,
+    TransitionKind,
+)
+
+MIGRATION_SIGNAL = "migration-failed"
+# Cloud Run logs a revision's Ready event a little after it starts taking traffic; the old
+# revision's last in-flight errors can land just before it. A fix may be this late.
+READY_GRACE = timedelta(minutes=1)
+FORMAT_ID = "%Y%m%dT%H%M%SZ"
+
+
+class Event(StrEnum):
+    MATCH = "match"  # another matching entry / failed migration run
+    NOTE = "note"  # an update, or "quiet but no traffic": status unchanged
+    EVIDENCE = "evidence"  # quiet period with proof of health, or a successful migrate run
+
+
+# h11-style: status -> event -> next status. A match on a resolved incident is not a move of
+# that incident: it opens a new one (a regression), so RESOLVED accepts nothing.
+MOVES: dict[IncidentStatus, dict[Event, IncidentStatus]] = {
+    IncidentStatus.OPEN: {
+        Event.MATCH: IncidentStatus.OPEN,
+        Event.NOTE: IncidentStatus.OPEN,
+        Event.EVIDENCE: IncidentStatus.RESOLVED,
+    },
+    IncidentStatus.RESOLVED: {},
+}
+
+
+class InvalidMove(RuntimeError):
+    pass
+
+
+def move(incident: Incident, event: Event) -> None:
+    try:
+        incident.status = MOVES[incident.status][event]
+    except KeyError:
+        raise InvalidMove(
+            f"incident {incident.id}: no move from {incident.status.value!r} on {event.value!r}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRule:
+    severity: str
+    open_after: int
+    window: timedelta
+    resolve_after: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    signals: dict[str, SignalRule]
+    update_every: timedelta
+    migration_severity: str = "critical"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Rules:
+        return cls(
+            signals={
+                s.name: SignalRule(s.severity, s.open_after, s.window, s.resolve_after)
+                for s in config.signals
+            },
+            update_every=config.slack.update_every,
+        )
+
+
+Pending = tuple[datetime, str | None, str]  # (at, revision, sample) of a match below threshold
+
+
+@dataclass
+class State:
+    """Everything correlate remembers between cycles; the store persists it as it is."""
+
+    revisions: dict[rev.RevisionKey, RevisionFacts] = field(default_factory=dict)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    pending: dict[tuple[str, str], list[Pending]] = field(default_factory=dict)
+    request_services: set[str] = field(default_factory=set)
+
+    def open_incident(self, service: str, signal: str) -> Incident | None:
+        for incident in self.incidents.values():
+            if (incident.service, incident.signal, incident.status) == (
+                service, signal, IncidentStatus.OPEN
+            ):
+                return incident
+        return None
+
+    def last_resolved(self, service: str, signal: str) -> Incident | None:
+        found = [
+            i for i in self.incidents.values()
+            if (i.service, i.signal, i.status) == (service, signal, IncidentStatus.RESOLVED)
+        ]
+        return max(found, key=lambda i: i.first_seen, default=None)
+
+    def service_revisions(self, service: str) -> list[RevisionFacts]:
+        return [f for (s, _), f in self.revisions.items() if s == service]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: State
+    transitions: list[Transition]
+
+
+def advance(
+    state: State,
+    observations: Sequence[Observation],
+    *,
+    now: datetime,
+    complete_until: datetime,
+    rules: Rules,
+) -> Outcome:
+    """Fold a cycle's observations into a copy of `state` and say what changed, and why.
+
+    `complete_until`: the source guarantees no entry older than this is still to come. A quiet
+    period must end before it, or silence may only be data that has not arrived yet.
+    """
+    machine = _Machine(copy.deepcopy(state), rules)
+    for obs in sorted(observations, key=lambda o: o.at):
+        machine.tick(obs.at, min(obs.at, complete_until))
+        machine.observe(obs)
+    machine.tick(now, complete_until)
+    return Outcome(machine.state, machine.transitions)
+
+
+class _Machine:
+    def __init__(self, state: State, rules: Rules) -> None:
+        self.state = state
+        self.rules = rules
+        self.transitions: list[Transition] = []
+
+    # --- emitting ------------------------------------------------------------------------
+
+    def emit(self, kind: TransitionKind, incident: Incident, at: datetime, reason: str,
+             changes: Iterable[str] = ()) -> None:
+        incident.seq += 1
+        if kind is not TransitionKind.QUIET_NO_TRAFFIC:
+            incident.notified_at = at
+            incident.notified_count = incident.count
+            incident.changes = []
+        self.transitions.append(
+            Transition(
+                kind=kind,
+                incident=copy.deepcopy(incident),
+                seq=incident.seq,
+                at=at,
+                reason=reason,
+                changes=tuple(changes),
+                revision_facts=tuple(
+                    copy.deepcopy(f) for f in self.state.service_revisions(incident.service)
+                ),
+            )
+        )
+
+    def note(self, service: str, change: str, *, kind: IncidentKind | None = None) -> None:
+        for incident in self.state.incidents.values():
+            if incident.service == service and incident.status is IncidentStatus.OPEN and (
+                kind is None or incident.kind is kind
+            ):
+                incident.changes.append(change)
+
+    # --- observations --------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> None:
+        rev.fold(self.state.revisions, obs)
+        if isinstance(obs, ErrorHit):
+            self.error_hit(obs)
+        elif isinstance(obs, RequestServed):
+            self.request(obs)
+        elif isinstance(obs, MigrationEvent):
+            self.migration(obs)
+        elif isinstance(obs, DeployEvent):
+            self.deploy(obs)
+
+    def error_hit(self, hit: ErrorHit) -> None:
+        rule = self.rules.signals.get(hit.signal)
+        if rule is None:  # a signal removed from the config: its old hits mean nothing now
+            return
+        incident = self.state.open_incident(hit.service, hit.signal)
+        if incident is not None:
+            move(incident, Event.MATCH)
+            self.count_match(incident, hit.at, hit.revision)
+            return
+        key = (hit.service, hit.signal)
+        window = [p for p in self.state.pending.get(key, []) if p[0] > hit.at - rule.window]
+        window.append((hit.at, hit.revision, hit.sample))
+        if len(window) < rule.open_after:
+            self.state.pending[key] = window
+            return
+        self.state.pending.pop(key, None)
+        first_at, first_rev, sample = window[0]
+        counts: dict[str, int] = {}
+        for _, r, _ in window:
+            if r is not None:
+                counts[r] = counts.get(r, 0) + 1
+        introduced_by = self.cause(hit.service, first_rev, first_at)
+        incident = self.new_incident(
+            hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, hit.at,
+            count=len(window), revisions=counts, sample=sample,
+        )
+        incident.introduced_by = introduced_by
+        incident.suspect_migrations = self.suspects(hit.service, introduced_by, first_at)
+        self.announce(incident, hit.at, f"{len(window)} match(es) of {hit.signal} within "
+                      f"{_fmt(rule.window)} (open_after={rule.open_after})")
+
+    def count_match(self, incident: Incident, at: datetime, revision: str | None) -> None:
+        incident.count += 1
+        if revision is not None:
+            if revision not in incident.revisions:
+                incident.changes.append(f"now also failing on revision {revision}")
+            incident.revisions[revision] = incident.revisions.get(revision, 0) + 1
+        if at < incident.first_seen:
+            incident.first_seen = at
+        if at > incident.last_seen:
+            incident.last_seen = at
+            incident.ok_requests_since_last = 0
+            incident.first_ok_since_last = None
+
+    def request(self, req: RequestServed) -> None:
+        self.state.request_services.add(req.service)
+        if not req.ok:
+            return
+        for incident in self.state.incidents.values():
+            if (incident.service == req.service and incident.status is IncidentStatus.OPEN
+                    and incident.kind is IncidentKind.ERROR and req.at > incident.last_seen):
+                incident.ok_requests_since_last += 1
+                if incident.first_ok_since_last is None:
+                    incident.first_ok_since_last = req.at
+
+    def migration(self, ev: MigrationEvent) -> None:
+        where = ev.revision or "an unknown revision"
+        incident = self.state.open_incident(ev.service, MIGRATION_SIGNAL)
+        if ev.outcome.run_failed:
+            self.note(ev.service, f"{where}: migrate deploy failed"
+                      f"{f' ({ev.code})' if ev.code else ''}"
+                      f"{f' on {ev.name}' if ev.name else ''}", kind=IncidentKind.ERROR)
+            failure = MigrationFailure(ev.name, ev.outcome.value, ev.code, ev.message)
+            if incident is not None:
+                move(incident, Event.MATCH)
+                if incident.migration != failure:
+                    incident.changes.append(
+                        f"{where}: {ev.code or 'failure'} on {ev.name or 'the database'}")
+                    incident.migration = failure
+                self.count_match(incident, ev.at, ev.revision)
+                return
+            revisions = {ev.revision: 1} if ev.revision else {}
+            incident = self.new_incident(
+                ev.service, MIGRATION_SIGNAL, IncidentKind.MIGRATION,
+                self.rules.migration_severity, ev.at, ev.at, count=1, revisions=revisions,
+                sample=ev.message,
+            )
+            incident.introduced_by = ev.revision
+            incident.suspect_migrations = [ev.name] if ev.name else []
+            incident.migration = failure
+            self.announce(incident, ev.at, f"migrate deploy failed on {where}")
+            return
+        if ev.outcome is MigrationOutcome.APPLIED:
+            self.note(ev.service, f"{where} applied migration {ev.name}")
+        elif ev.outcome is MigrationOutcome.ROLLED_BACK:
+            self.note(ev.service, f"{where}: migration {ev.name} marked as rolled back")
+        elif ev.outcome is MigrationOutcome.MARKED_APPLIED:
+            self.note(ev.service, f"{where}: migration {ev.name} marked as applied")
+        if incident is not None and ev.outcome.run_succeeded and ev.at > incident.last_seen:
+            move(incident, Event.EVIDENCE)
+            incident.resolved_at = ev.at
+            incident.resolved_by = ev.revision
+            applied = [
+                m.name for m in self.facts(ev.service, ev.revision)
+                if m.outcome == MigrationOutcome.APPLIED and m.name
+            ]
+            incident.resolution_note = (
+                f"migrate deploy succeeded on {where}"
+                + (f", applying {', '.join(applied)}" if applied else "")
+            )
+            self.emit(TransitionKind.RESOLVED, incident, ev.at, incident.resolution_note)
+
+    def deploy(self, ev: DeployEvent) -> None:
+        name = ev.revision or "a new revision"
+        text = {
+            DeployStage.DEPLOYED: f"deploy of {name} started",
+            DeployStage.READY: f"{name} is ready",
+            DeployStage.FAILED: f"{name} failed to become ready",
+        }[ev.stage]
+        self.note(ev.service, text)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def facts(self, service: str, revision: str | None) -> list[MigrationRecord]:
+        f = self.state.revisions.get((service, revision)) if revision else None
+        return list(f.migrations) if f else []
+
+    def new_incident(self, service: str, signal: str, kind: IncidentKind, severity: str,
+                     first: datetime, last: datetime, *, count: int,
+                     revisions: dict[str, int], sample: str) -> Incident:
+        base = f"{service}:{signal}:{first.strftime(FORMAT_ID)}"
+        ident, n = base, 1
+        while ident in self.state.incidents:
+            n += 1
+            ident = f"{base}.{n}"
+        previous = self.state.last_resolved(service, signal)
+        incident = Incident(
+            id=ident, service=service, signal=signal, kind=kind, severity=severity,
+            status=IncidentStatus.OPEN, first_seen=first, last_seen=last, count=count,
+            revisions=revisions, sample=sample,
+            regression_of=previous.id if previous is not None else None,
+        )
+        self.state.incidents[ident] = incident
+        return incident
+
+    def announce(self, incident: Incident, at: datetime, reason: str) -> None:
+        if incident.regression_of is not None:
+            self.emit(TransitionKind.REGRESSED, incident, at,
+                      f"{reason}; it had been resolved ({incident.regression_of})")
+        else:
+            self.emit(TransitionKind.OPENED, incident, at, reason)
+
+    def cause(self, service: str, revision: str | None, first_at: datetime) -> str | None:
+        """The first match's revision, unless it never served: then the last one that did."""
+        facts = self.state.revisions.get((service, revision)) if revision else None
+        if facts is not None and rev.may_be_cause(facts):
+            return revision
+        live = [
+            f for f in self.state.service_revisions(service)
+            if rev.may_be_cause(f) and f.live_since is not None and f.live_since <= first_at
+        ]
+        newest = max(live, key=lambda f: f.live_since or first_at, default=None)
+        return newest.name if newest is not None else None
+
+    def suspects(self, service: str, introduced_by: str | None, first_at: datetime) -> list[str]:
+        """Migrations the culprit ran; else those of the last deploy before the first match."""
+        facts = self.state.revisions.get((service, introduced_by)) if introduced_by else None
+        if facts is not None and rev.migrations_run(facts):
+            return rev.migrations_run(facts)
+        earlier = [
+            f for f in self.state.service_revisions(service)
+            if f.live_since is not None and f.live_since <= first_at and rev.migrations_run(f)
+        ]
+        last = max(earlier, key=lambda f: f.live_since or first_at, default=None)
+        return rev.migrations_run(last) if last is not None else []
+
+    def fix(self, incident: Incident) -> RevisionFacts | None:
+        """The newest revision live before the quiet period began, clean and serving in it."""
+        has_requests = incident.service in self.state.request_services
+        candidates = [
+            f for f in self.state.service_revisions(incident.service)
+            if f.errors.get(incident.signal, 0) == 0
+            and rev.may_be_fix(f, has_requests)
+            and f.live_since is not None
+            and f.live_since <= incident.last_seen + READY_GRACE
+            and f.last_seen is not None and f.last_seen >= incident.last_seen
+        ]
+        return max(candidates, key=lambda f: f.live_since or incident.last_seen, default=None)
+
+    # --- timers --------------------------------------------------------------------------
+
+    def tick(self, now: datetime, complete_until: datetime) -> None:
+        for incident in list(self.state.incidents.values()):
+            if incident.status is not IncidentStatus.OPEN:
+                continue
+            if incident.kind is IncidentKind.ERROR and self.try_resolve(
+                incident, now, complete_until
+            ):
+                continue
+            self.maybe_update(incident, now)
+
+    def try_resolve(self, incident: Incident, now: datetime, complete_until: datetime) -> bool:
+        rule = self.rules.signals.get(incident.signal)
+        if rule is None:
+            return False
+        quiet_end = incident.last_seen + rule.resolve_after
+        if now < quiet_end or complete_until < quiet_end:
+            return False
+        needs_traffic = incident.service in self.state.request_services
+        if needs_traffic and incident.ok_requests_since_last == 0:
+            if not incident.quiet_noted:
+                incident.quiet_noted = True
+                move(incident, Event.NOTE)
+                self.emit(TransitionKind.QUIET_NO_TRAFFIC, incident, now,
+                          f"no {incident.signal} since {_clock(incident.last_seen)}, but no "
+                          "successful request served since: keeping it open")
+            return False
+        move(incident, Event.EVIDENCE)
+        first_ok = incident.first_ok_since_last
+        incident.resolved_at = max(quiet_end, first_ok) if first_ok else quiet_end
+        fix = self.fix(incident)
+        incident.resolved_by = fix.name if fix is not None else None
+        evidence = f"no {incident.signal} for {_fmt(rule.resolve_after)} since " \
+                   f"{_clock(incident.last_seen)}"
+        if needs_traffic:
+            evidence += f", {incident.ok_requests_since_last} successful request(s) served since"
+        evidence += (f"; fixed by revision {fix.name}" if fix is not None
+                     else "; no deploy explains the recovery")
+        incident.resolution_note = evidence
+        self.emit(TransitionKind.RESOLVED, incident, incident.resolved_at, evidence)
+        return True
+
+    def maybe_update(self, incident: Incident, now: datetime) -> None:
+        changes = list(dict.fromkeys(incident.changes))
+        if incident.count >= 2 * max(incident.notified_count, 1):
+            changes.append(f"{incident.count} matches now (was {incident.notified_count})")
+        if not changes:
+            return
+        last = incident.notified_at
+        if last is not None and now - last < self.rules.update_every:
+            return
+        move(incident, Event.NOTE)
+        self.emit(TransitionKind.UPDATED, incident, now, "; ".join(changes), changes)
+
+
+def _clock(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt(d: timedelta) -> str:
+    return format_duration(d)

@@ -1,0 +1,234 @@
+"""The values correlate reads and writes: revision facts, incidents and transitions.
+
+Rules: plain dataclasses, no behaviour beyond derived properties and (de)serialisation to JSON-able
+dicts, so the store can keep them and the renderer can read them without importing the state
+machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from monitor.entries import format_time, parse_time
+
+
+def _t(value: Any) -> datetime | None:
+    return parse_time(value) if isinstance(value, str) else None
+
+
+@dataclass(slots=True)
+class MigrationRecord:
+    name: str | None
+    outcome: str  # a MigrationOutcome value
+    code: str | None
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "outcome": self.outcome, "code": self.code,
+                "at": format_time(self.at)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MigrationRecord:
+        at = _t(d["at"])
+        assert at is not None
+        return cls(name=d.get("name"), outcome=d["outcome"], code=d.get("code"), at=at)
+
+
+@dataclass(slots=True)
+class RevisionFacts:
+    """What the logs say about one deployed revision of one service."""
+
+    service: str
+    name: str
+    deployed_at: datetime | None = None  # audit log deploy time, else the first entry
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    ready: bool | None = None  # Cloud Run's Ready condition; None when no system event says
+    ready_at: datetime | None = None
+    migrations: list[MigrationRecord] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    requests_ok: int = 0
+    requests_failed: int = 0
+
+    @property
+    def live_since(self) -> datetime | None:
+        """When it could first have served: Ready if known, else deploy or first entry."""
+        return self.ready_at or self.deployed_at or self.first_seen
+
+    def to_json(self) -> dict[str, Any]:
+        """The `revisions[]` object of the JSON contract, plus the readiness facts."""
+        return {
+            "service": self.service,
+            "name": self.name,
+            "deployed_at": format_time(self.deployed_at or self.first_seen),
+            "first_seen": format_time(self.first_seen),
+            "last_seen": format_time(self.last_seen),
+            "migrations": [m.to_json() for m in self.migrations],
+            "errors": dict(self.errors),
+            "ready": self.ready,
+            "ready_at": format_time(self.ready_at),
+            "requests_ok": self.requests_ok,
+            "requests_failed": self.requests_failed,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RevisionFacts:
+        return cls(
+            service=d["service"],
+            name=d["name"],
+            deployed_at=_t(d.get("deployed_at")),
+            first_seen=_t(d.get("first_seen")),
+            last_seen=_t(d.get("last_seen")),
+            ready=d.get("ready"),
+            ready_at=_t(d.get("ready_at")),
+            migrations=[MigrationRecord.from_json(m) for m in d.get("migrations", [])],
+            errors=dict(d.get("errors", {})),
+            requests_ok=int(d.get("requests_ok", 0)),
+            requests_failed=int(d.get("requests_failed", 0)),
+        )
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class IncidentKind(StrEnum):
+    ERROR = "error"  # a configured error signature matched
+    MIGRATION = "migration"  # the migration tool failed on the service
+
+
+@dataclass(slots=True)
+class MigrationFailure:
+    name: str | None
+    outcome: str
+    code: str | None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Incident:
+    id: str
+    service: str
+    signal: str
+    kind: IncidentKind
+    severity: str
+    status: IncidentStatus
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    revisions: dict[str, int] = field(default_factory=dict)
+    introduced_by: str | None = None
+    suspect_migrations: list[str] = field(default_factory=list)
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution_note: str = ""  # the evidence, in words, for the confirmation
+    regression_of: str | None = None
+    migration: MigrationFailure | None = None
+    sample: str = ""  # one matching line (untrusted text)
+    # Evidence of health in the quiet period: ok requests since the last match.
+    ok_requests_since_last: int = 0
+    first_ok_since_last: datetime | None = None
+    # Notification bookkeeping, in event time (the pure core decides when to speak).
+    seq: int = 0  # transitions emitted so far; (id, seq) keys the outbox
+    notified_count: int = 0
+    notified_at: datetime | None = None
+    changes: list[str] = field(default_factory=list)
+    quiet_noted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The `incidents[]` object of the JSON contract."""
+        return {
+            "id": self.id,
+            "service": self.service,
+            "signal": self.signal,
+            "kind": self.kind.value,
+            "severity": self.severity,
+            "status": self.status.value,
+            "first_seen": format_time(self.first_seen),
+            "last_seen": format_time(self.last_seen),
+            "count": self.count,
+            "revisions": dict(self.revisions),
+            "introduced_by": self.introduced_by,
+            "suspect_migrations": list(self.suspect_migrations),
+            "resolved_at": format_time(self.resolved_at),
+            "resolved_by": self.resolved_by,
+            "regression_of": self.regression_of,
+            "migration": (
+                {"name": self.migration.name, "outcome": self.migration.outcome,
+                 "code": self.migration.code}
+                if self.migration is not None
+                else None
+            ),
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything, for the store (a superset of `to_json`)."""
+        d = asdict(self)
+        for key in ("first_seen", "last_seen", "resolved_at", "first_ok_since_last",
+                    "notified_at"):
+            d[key] = format_time(d[key])
+        d["kind"] = self.kind.value
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Incident:
+        first, last = _t(d["first_seen"]), _t(d["last_seen"])
+        assert first is not None and last is not None
+        mig = d.get("migration")
+        return cls(
+            id=d["id"],
+            service=d["service"],
+            signal=d["signal"],
+            kind=IncidentKind(d["kind"]),
+            severity=d["severity"],
+            status=IncidentStatus(d["status"]),
+            first_seen=first,
+            last_seen=last,
+            count=int(d["count"]),
+            revisions=dict(d.get("revisions", {})),
+            introduced_by=d.get("introduced_by"),
+            suspect_migrations=list(d.get("suspect_migrations", [])),
+            resolved_at=_t(d.get("resolved_at")),
+            resolved_by=d.get("resolved_by"),
+            resolution_note=d.get("resolution_note", ""),
+            regression_of=d.get("regression_of"),
+            migration=MigrationFailure(**mig) if mig else None,
+            sample=d.get("sample", ""),
+            ok_requests_since_last=int(d.get("ok_requests_since_last", 0)),
+            first_ok_since_last=_t(d.get("first_ok_since_last")),
+            seq=int(d.get("seq", 0)),
+            notified_count=int(d.get("notified_count", 0)),
+            notified_at=_t(d.get("notified_at")),
+            changes=list(d.get("changes", [])),
+            quiet_noted=bool(d.get("quiet_noted", False)),
+        )
+
+
+class TransitionKind(StrEnum):
+    OPENED = "opened"
+    REGRESSED = "regressed"  # opened again after a resolution: a new incident, linked
+    UPDATED = "updated"
+    QUIET_NO_TRAFFIC = "quiet_no_traffic"  # silent, but nothing shows the service works yet
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One thing worth telling people, with why. (incident.id, seq) is its idempotency key."""
+
+    kind: TransitionKind
+    incident: Incident  # a snapshot at the moment of the transition
+    seq: int
+    at: datetime
+    reason: str
+    changes: tuple[str, ...] = ()
+    revision_facts: tuple[RevisionFacts, ...] = ()  # evidence quoted by the message
+
+    @property
+    def key(self) -> str:
+        return f"{self.incident.id}#{self.seq}"

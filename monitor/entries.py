@@ -1,0 +1,193 @@
+"""LogEntry: the one normalised value every source yields.
+
+Rules: this module knows the shape of a Cloud Logging entry (as `gcloud logging read
+--format=json` and the REST API write it, camelCase) and nothing about signals, incidents or I/O.
+Every source turns what it reads into `LogEntry` through `from_json`, so the file replay, the
+emulator and production feed the classifier exactly the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
+
+
+class EntryKind(StrEnum):
+    """What produced the entry; decides which classifiers look at it."""
+
+    APP = "app"  # a container's stdout / stderr line, or a structured app log
+    REQUEST = "request"  # run.googleapis.com/requests: one per HTTP request served
+    AUDIT = "audit"  # cloudaudit.googleapis.com/activity: deploys (Services.ReplaceService)
+    SYSTEM = "system"  # cloudaudit.googleapis.com/system_event: revision readiness
+
+
+class MalformedEntry(ValueError):
+    """An entry that cannot be normalised; sources count it and skip it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    insert_id: str
+    log_name: str
+    timestamp: datetime
+    receive_timestamp: datetime | None
+    severity: str
+    kind: EntryKind
+    project: str | None
+    service: str | None
+    revision: str | None
+    instance_id: str | None
+    text: str
+    http_status: int | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """Dedupe identity: Cloud Logging guarantees insertId unique only within one log."""
+        return f"{self.log_name}\x1f{self.insert_id}"
+
+
+def parse_time(value: str) -> datetime:
+    """RFC3339 with up to nanosecond precision ("2025-12-04T21:03:11.123456789Z") to aware UTC.
+
+    `datetime.fromisoformat` accepts at most microseconds, so extra digits are cut, not rounded:
+    ordering between entries of the same microsecond is kept by the source's read order.
+    """
+    s = value.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    dot = s.find(".")
+    if dot != -1:
+        end = dot + 1
+        while end < len(s) and s[end].isdigit():
+            end += 1
+        frac = s[dot + 1 : end]
+        if len(frac) > 6:
+            s = s[: dot + 1] + frac[:6] + s[end:]
+    try:
+        t = datetime.fromisoformat(s)
+    except ValueError as exc:
+        raise MalformedEntry(f"bad timestamp {value!r}") from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC)
+
+
+def format_time(t: datetime | None) -> str | None:
+    """RFC3339 UTC with a `Z`, the one format every output of the monitor uses."""
+    if t is None:
+        return None
+    t = t.astimezone(UTC)
+    if t.microsecond:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kind(log_name: str) -> EntryKind:
+    tail = log_name.rsplit("/", 1)[-1].replace("%2F", "/").replace("%2f", "/")
+    if tail == "run.googleapis.com/requests":
+        return EntryKind.REQUEST
+    if tail == "cloudaudit.googleapis.com/activity":
+        return EntryKind.AUDIT
+    if tail == "cloudaudit.googleapis.com/system_event":
+        return EntryKind.SYSTEM
+    return EntryKind.APP
+
+
+def _project(log_name: str, labels: Mapping[str, Any]) -> str | None:
+    project = labels.get("project_id")
+    if isinstance(project, str) and project:
+        return project
+    if log_name.startswith("projects/"):
+        return log_name.split("/", 2)[1]
+    return None
+
+
+def _json_text(payload: Mapping[str, Any]) -> str:
+    """The human text of a structured log: `message` plus the error fields apps log beside it."""
+    parts: list[str] = []
+    for key in ("message", "msg", "error", "err", "stack", "stack_trace", "exception"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            parts.append(value)
+        elif isinstance(value, Mapping):
+            for inner in ("name", "message", "stack"):
+                v = value.get(inner)
+                if isinstance(v, str) and v:
+                    parts.append(v)
+    if parts:
+        return "\n".join(dict.fromkeys(parts))
+    return " ".join(f"{k}={v}" for k, v in payload.items() if isinstance(v, str | int | float))
+
+
+def _audit_text(payload: Mapping[str, Any]) -> str:
+    """One readable line for an audit entry: method, resource and status message."""
+    status = payload.get("status")
+    message = status.get("message", "") if isinstance(status, Mapping) else ""
+    method = payload.get("methodName", "")
+    resource = payload.get("resourceName", "")
+    return " ".join(str(p) for p in (method, resource, message) if p)
+
+
+def from_json(obj: Any) -> LogEntry:
+    """Normalise one entry in Cloud Logging's JSON form; raises MalformedEntry if it is not one."""
+    if not isinstance(obj, Mapping):
+        raise MalformedEntry(f"entry is a {type(obj).__name__}, not an object")
+    ts = obj.get("timestamp") or obj.get("receiveTimestamp")
+    if not isinstance(ts, str):
+        raise MalformedEntry("entry has no timestamp")
+    log_name = obj.get("logName")
+    if not isinstance(log_name, str) or not log_name:
+        raise MalformedEntry("entry has no logName")
+    insert_id = obj.get("insertId")
+    if not isinstance(insert_id, str) or not insert_id:
+        raise MalformedEntry("entry has no insertId")
+    resource = obj.get("resource")
+    rlabels: Mapping[str, Any] = {}
+    if isinstance(resource, Mapping) and isinstance(resource.get("labels"), Mapping):
+        rlabels = resource["labels"]
+    labels = obj.get("labels") if isinstance(obj.get("labels"), Mapping) else {}
+    assert isinstance(labels, Mapping)
+    receive = obj.get("receiveTimestamp")
+
+    text: str
+    http_status: int | None = None
+    if isinstance(obj.get("textPayload"), str):
+        text = obj["textPayload"]
+    elif isinstance(obj.get("jsonPayload"), Mapping):
+        text = _json_text(obj["jsonPayload"])
+    elif isinstance(obj.get("protoPayload"), Mapping):
+        text = _audit_text(obj["protoPayload"])
+    else:
+        text = ""
+    http = obj.get("httpRequest")
+    if isinstance(http, Mapping):
+        status = http.get("status")
+        if isinstance(status, int) or (isinstance(status, str) and status.isdigit()):
+            http_status = int(status)
+        if not text:
+            text = f"{http.get('requestMethod', '')} {http.get('requestUrl', '')} {status}".strip()
+
+    revision = rlabels.get("revision_name") or None
+    service = rlabels.get("service_name") or rlabels.get("job_name") or None
+    instance = labels.get("instanceId") or None
+    return LogEntry(
+        insert_id=insert_id,
+        log_name=log_name,
+        timestamp=parse_time(ts),
+        receive_timestamp=parse_time(receive) if isinstance(receive, str) else None,
+        severity=str(obj.get("severity") or "DEFAULT"),
+        kind=_kind(log_name),
+        project=_project(log_name, rlabels),
+        service=str(service) if service else None,
+        revision=str(revision) if revision else None,
+        instance_id=str(instance) if instance else None,
+        text=text,
+        http_status=http_status,
+        raw=obj,
+    )

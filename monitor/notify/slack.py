@@ -1,0 +1,208 @@
+"""Deliver rendered messages to Slack with slack-sdk's WebClient.
+
+Rules:
+- One call per message, no retries here: the outbox owns retrying (it knows the order and the
+  exactly-once bookkeeping), so the client is built with no retry handlers and every failure is
+  returned at once as a DeliveryError.
+- Every failure goes through `classify_failure`, one pure function: retryable (429 with its
+  Retry-After, 5xx, Slack's transient errors, network errors and timeouts) or permanent (auth,
+  channel, scope, payload problems), with a message that says what to do.
+- The token never appears in an error: messages are built from Slack's error code, never from
+  the request, and are scrubbed again before they leave this module.
+- Posts carry message metadata (the outbox key), so a message whose response was lost can be found
+  in the channel's history instead of being posted twice.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+from typing import Any
+from urllib.error import URLError
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
+
+from monitor.notify.message import Action, DeliveryError, Message, Thread
+from monitor.notify.render import MAX_BLOCKS, context, link, safe_text, scrub
+
+METADATA_EVENT = "monitor_message"  # event_type of the metadata on every post
+
+_RETRYABLE_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                     "request_timeout"}
+_HINTS = {
+    "invalid_auth": "the Slack token is not valid: check SLACK_BOT_TOKEN (slack.token)",
+    "not_authed": "no Slack token was sent: set SLACK_BOT_TOKEN (slack.token)",
+    "token_revoked": "the Slack token was revoked: reinstall the app and use its new bot token",
+    "token_expired": "the Slack token expired: reinstall the app and use its new bot token",
+    "account_inactive": "the Slack app's user is deactivated: reinstall the app in the workspace",
+    "channel_not_found": "channel {channel} does not exist or the bot cannot see it: check "
+                         "slack.channel (a private channel must invite the bot)",
+    "not_in_channel": "invite the bot to {channel} (/invite @bot)",
+    "is_archived": "channel {channel} is archived: unarchive it or set another slack.channel",
+    "missing_scope": "the token needs the {needed} scope: add it under OAuth & Permissions and "
+                     "reinstall the app",
+    "msg_too_long": "the message is longer than Slack accepts: a rendering bug, please report it",
+    "invalid_blocks": "Slack rejected the message blocks: a rendering bug, please report it",
+    "message_not_found": "the incident's thread root no longer exists in {channel}",
+    "cant_update_message": "the root message was not posted by this bot and cannot be edited",
+}
+_CODE = re.compile(r"^[a-z0-9_]{1,64}$")  # what a Slack error code looks like
+_SCOPE = re.compile(r"^[a-z0-9:._,-]{1,200}$")
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not isinstance(headers, dict):
+        return None
+    for key, value in headers.items():
+        if str(key).lower() == name.lower():
+            return str(value[0] if isinstance(value, list | tuple) and value else value)
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = _header(headers, "Retry-After")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _request_channel(response: Any) -> str:
+    """The channel the failed request named, from the request's body (never its headers)."""
+    args = getattr(response, "req_args", None) or {}
+    for part in ("json", "data", "params"):
+        body = args.get(part) if isinstance(args, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("channel"), str):
+            return safe_text(body["channel"], 100, one_line=True)
+    return "the channel"
+
+
+def _api_failure(exc: SlackApiError) -> DeliveryError:
+    response = exc.response
+    status = int(getattr(response, "status_code", 0) or 0)
+    data = getattr(response, "data", None)
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error if isinstance(error, str) and _CODE.match(error) else None
+    url = str(getattr(response, "api_url", "") or "")
+    method = url.split("?", 1)[0].rsplit("/", 1)[-1] or "API call"
+    where = f"Slack {method}"
+    if status == 429 or error == "ratelimited":
+        after = _retry_after(getattr(response, "headers", None))
+        wait = f": retry after {after:g}s" if after is not None else ""
+        return DeliveryError(f"{where}: rate limited{wait}", retryable=True, retry_after=after)
+    if status >= 500 or error in _RETRYABLE_ERRORS:
+        what = error or f"HTTP {status}"
+        return DeliveryError(f"{where}: Slack is having trouble ({what}); will retry",
+                             retryable=True)
+    if error in _HINTS:
+        needed = data.get("needed") if isinstance(data, dict) else None
+        scope = needed if isinstance(needed, str) and _SCOPE.match(needed) else "chat:write"
+        hint = _HINTS[error].format(channel=_request_channel(response), needed=scope)
+        return DeliveryError(f"{where}: {error}: {hint}", retryable=False)
+    if error is not None:
+        return DeliveryError(f"{where}: {error}: see https://api.slack.com/methods/{method}",
+                             retryable=False)
+    if status == 404:
+        return DeliveryError(f"{where}: HTTP 404: check slack.base_url (it must end in /api/)",
+                             retryable=False)
+    return DeliveryError(f"{where}: unexpected response (HTTP {status})", retryable=False)
+
+
+def classify_failure(exc: Exception) -> DeliveryError:
+    """Map anything a Slack call raised to retryable or permanent, with what to do about it."""
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, SlackApiError):
+        return _api_failure(exc)
+    if isinstance(exc, SlackRequestError):
+        return DeliveryError(f"Slack request could not be made: {scrub(str(exc))[:300]}",
+                             retryable=False)
+    if isinstance(exc, TimeoutError):  # also socket.timeout
+        return DeliveryError("Slack did not answer in time; will retry", retryable=True)
+    if isinstance(exc, URLError):
+        reason = scrub(str(exc.reason))[:300]
+        return DeliveryError(f"cannot reach Slack ({reason}); will retry", retryable=True)
+    if isinstance(exc, ConnectionError | http.client.HTTPException | OSError):
+        return DeliveryError(f"connection to Slack failed ({type(exc).__name__}); will retry",
+                             retryable=True)
+    return DeliveryError(f"unexpected error talking to Slack: {type(exc).__name__}: "
+                         f"{scrub(str(exc))[:300]}", retryable=False)
+
+
+_FAILURES = (SlackClientError, OSError, http.client.HTTPException)
+
+
+class SlackNotifier:
+    """The Notifier for Slack: roots with chat.postMessage, replies in their thread, chat.update."""
+
+    def __init__(self, token: str, *, base_url: str | None = None,
+                 client: WebClient | None = None, timeout: int = 15) -> None:
+        self._token = token
+        if client is None:
+            kwargs: dict[str, Any] = {"token": token, "timeout": timeout, "retry_handlers": []}
+            if base_url:
+                kwargs["base_url"] = base_url
+            client = WebClient(**kwargs)
+        self._client = client
+
+    def _failure(self, exc: Exception) -> DeliveryError:
+        err = classify_failure(exc)
+        text = str(err)
+        if self._token and self._token in text:  # defence in depth: classify never adds it
+            text = text.replace(self._token, "***")
+            err = DeliveryError(text, retryable=err.retryable, retry_after=err.retry_after)
+        return err
+
+    def check_auth(self) -> str:
+        """auth.test at start-up, so a bad token fails before the first incident does."""
+        try:
+            response = self._client.auth_test()
+        except _FAILURES as exc:
+            raise self._failure(exc) from exc
+        user, team = response.get("user"), response.get("team")
+        return safe_text(f"{user} in {team}", 200, one_line=True)
+
+    def _permalink_block(self, incident: str, linked: Thread) -> dict[str, Any]:
+        label = f"incident {incident}"
+        try:
+            response = self._client.chat_getPermalink(channel=linked.channel,
+                                                      message_ts=linked.ts)
+            url = response.get("permalink")
+        except _FAILURES:
+            url = None
+        # Only a plain https URL becomes a link: anything else could break out of the markup.
+        if isinstance(url, str) and re.fullmatch(r"https://[^\s<>|]+", url):
+            return context(f"Previous incident thread: {link(url, label)}")
+        return context(f"Previous incident thread: {safe_text(label, 200, one_line=True)} "
+                       f"(ts {safe_text(linked.ts, 40, one_line=True)})")
+
+    def _blocks(self, message: Message, linked: Thread | None) -> list[dict[str, Any]] | None:
+        blocks = list(message.blocks)
+        if message.link_thread_of and linked is not None:
+            blocks = blocks[: MAX_BLOCKS - 1]
+            blocks.append(self._permalink_block(message.link_thread_of, linked))
+        return blocks or None
+
+    def send(self, message: Message, root: Thread | None, linked: Thread | None = None) -> Thread:
+        if message.action is not Action.POST_ROOT and root is None:
+            raise ValueError(f"{message.key}: {message.action.value} needs the root's thread")
+        blocks = self._blocks(message, linked)
+        metadata = {"event_type": METADATA_EVENT,
+                    "event_payload": {"key": message.key, "incident_id": message.incident_id}}
+        try:
+            if message.action is Action.POST_ROOT:
+                response = self._client.chat_postMessage(
+                    channel=message.channel, text=message.text, blocks=blocks, metadata=metadata)
+                return Thread(str(response["channel"]), str(response["ts"]))
+            assert root is not None
+            if message.action is Action.REPLY:
+                self._client.chat_postMessage(
+                    channel=root.channel, thread_ts=root.ts, reply_broadcast=message.broadcast,
+                    text=message.text, blocks=blocks, metadata=metadata)
+            else:
+                self._client.chat_update(channel=root.channel, ts=root.ts, text=message.text,
+                                         blocks=blocks)
+            return root
+        except _FAILURES as exc:
+            raise self._failure(exc) from exc

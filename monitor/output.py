@@ -1,0 +1,107 @@
+"""What `monitor once` prints: the JSON contract, and the same facts as text for a person.
+
+Rules: JSON times are RFC3339 UTC and a missing value is `null`, never omitted; text is for a
+terminal and may change, JSON may not without a DESIGN.md change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitor.check import CycleResult
+from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
+from monitor.entries import format_time
+
+INCIDENT_KEYS = (
+    "id", "service", "signal", "kind", "severity", "status", "first_seen", "last_seen", "count",
+    "revisions", "introduced_by", "suspect_migrations", "resolved_at", "resolved_by",
+    "regression_of", "migration",
+)
+REVISION_KEYS = ("service", "name", "deployed_at", "first_seen", "last_seen", "migrations",
+                 "errors")
+
+
+def incident_json(incident: Incident) -> dict[str, Any]:
+    full = incident.to_json()
+    return {k: full[k] for k in INCIDENT_KEYS}
+
+
+def revision_json(facts: RevisionFacts) -> dict[str, Any]:
+    full = facts.to_json()
+    return {k: full[k] for k in REVISION_KEYS}
+
+
+def result_json(result: CycleResult) -> dict[str, Any]:
+    return {
+        "checked_at": format_time(result.checked_at),
+        "window": {"start": format_time(result.window.start),
+                   "end": format_time(result.window.end)},
+        "incidents": [incident_json(i) for i in result.incidents_in_window()],
+        "revisions": [revision_json(f) for f in result.revisions_in_window()],
+        "stats": {
+            "entries_read": result.stats.entries_read,
+            "entries_skipped": result.stats.entries_skipped,
+            "api_requests": result.stats.api_requests,
+            "notifications_sent": result.delivery.sent,
+        },
+    }
+
+
+def _t(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def _incident_text(i: Incident) -> list[str]:
+    state = i.status.value.upper()
+    lines = [f"  {state:<8} {i.id}  [{i.severity}]",
+             f"           {i.count} match(es), {_t(i.first_seen)} .. {_t(i.last_seen)}"]
+    if i.revisions:
+        hits = ", ".join(f"{r} ({n})" for r, n in sorted(i.revisions.items()))
+        lines.append(f"           revisions hit: {hits}")
+    if i.introduced_by:
+        lines.append(f"           introduced by: {i.introduced_by}")
+    if i.suspect_migrations:
+        lines.append(f"           suspect migrations: {', '.join(i.suspect_migrations)}")
+    if i.kind is IncidentKind.MIGRATION and i.migration is not None:
+        m = i.migration
+        lines.append(f"           migration: {m.name or '-'} {m.outcome} ({m.code or 'no code'})")
+    if i.regression_of:
+        lines.append(f"           regression of: {i.regression_of}")
+    if i.status is IncidentStatus.RESOLVED:
+        lines.append(f"           resolved {_t(i.resolved_at)} by {i.resolved_by or 'no deploy'}")
+        if i.resolution_note:
+            lines.append(f"           evidence: {i.resolution_note}")
+    return lines
+
+
+def result_text(result: CycleResult) -> str:
+    w = result.window
+    s = result.stats
+    out = [
+        f"checked {_t(w.start) if w.start else 'the whole source'} .. {_t(w.end)}"
+        + (" (dry run: nothing sent, nothing saved)" if result.dry_run else ""),
+        f"entries: {s.entries_read} read, {s.entries_skipped} skipped; "
+        f"{s.api_requests} API request(s); {result.delivery.sent} notification(s) sent"
+        + (f", {result.delivery.failed} failed" if result.delivery.failed else ""),
+        "",
+        "incidents:",
+    ]
+    incidents = result.incidents_in_window()
+    out.extend(line for i in incidents for line in _incident_text(i))
+    if not incidents:
+        out.append("  none")
+    out += ["", "revisions:"]
+    for f in result.revisions_in_window():
+        migrations = ", ".join(f"{m.name or '(none pending)'} {m.outcome}"
+                               + (f" ({m.code})" if m.code else "") for m in f.migrations)
+        errors = ", ".join(f"{k}={v}" for k, v in sorted(f.errors.items()))
+        ready = {True: "ready", False: "never ready", None: "readiness unknown"}[f.ready]
+        out.append(f"  {f.service}/{f.name}: deployed {_t(f.deployed_at or f.first_seen)}, "
+                   f"{ready}, {f.requests_ok} ok / {f.requests_failed} failed request(s)")
+        if migrations:
+            out.append(f"      migrations: {migrations}")
+        if errors:
+            out.append(f"      errors: {errors}")
+    open_count = len(result.open_incidents)
+    out += ["", f"{open_count} incident(s) open" if open_count else "nothing open"]
+    return "\n".join(out)

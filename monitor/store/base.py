@@ -1,0 +1,60 @@
+"""The Store protocol: what the monitor remembers, and the one transaction that changes it.
+
+Rules: a cycle's conclusions (correlation state, dedupe keys, checkpoint, outbox messages) are
+written by `commit_cycle` in ONE transaction, so a crash leaves either the old cycle or the new
+one, never half; and messages are in the outbox before anyone tries to send them. Delivery then
+only moves messages from "queued" to "sent" (`mark_sent`), one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from monitor.correlate.incidents import State
+from monitor.notify.message import Message, Thread
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRecord:
+    """What one finished cycle writes besides the state."""
+
+    unit: str
+    checkpoint: datetime | None  # everything up to here has been read, minus late arrivals
+    seen: dict[str, datetime]  # dedupe keys of entries read this cycle -> their timestamp
+    forget_before: datetime | None  # dedupe keys older than this can no longer be re-read
+    messages: list[Message]
+    summary: dict[str, Any] = field(default_factory=dict)  # the last-cycle record for status
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A message waiting in the outbox, with the attempts made so far."""
+
+    id: int
+    message: Message
+    attempts: int
+    last_error: str | None
+
+
+class Store(Protocol):
+    def load_state(self) -> State: ...
+
+    def checkpoint(self, unit: str) -> datetime | None: ...
+
+    def seen_keys(self, keys: list[str]) -> set[str]: ...
+
+    def commit_cycle(self, state: State, record: CycleRecord) -> None: ...
+
+    def queued(self) -> list[Queued]: ...
+
+    def thread(self, incident_id: str) -> Thread | None: ...
+
+    def mark_sent(self, queued: Queued, thread: Thread) -> None: ...
+
+    def mark_failed(self, queued: Queued, error: str) -> None: ...
+
+    def last_cycle(self) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...

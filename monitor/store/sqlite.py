@@ -1,0 +1,250 @@
+"""The SQLite store: the default, for one long-lived host or local use.
+
+Rules: standard library only; the schema is versioned with `PRAGMA user_version` and migrated by
+the monitor itself, each step in a transaction, so running any version twice is harmless. Values
+the core owns (incidents, revision facts) are stored as JSON documents beside the columns queries
+need; the outbox is a real table keyed by the message's idempotency key, so enqueueing the same
+transition twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from monitor.correlate.incidents import State
+from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
+from monitor.entries import format_time, parse_time
+from monitor.notify.message import Action, Message, Thread
+from monitor.store.base import CycleRecord, Queued
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        signal TEXT NOT NULL,
+        status TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        data TEXT NOT NULL,
+        slack_channel TEXT,
+        slack_ts TEXT
+    );
+    CREATE INDEX incidents_open ON incidents (status, service, signal);
+    CREATE TABLE revisions (
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (service, name)
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE checkpoints (unit TEXT PRIMARY KEY, position TEXT NOT NULL);
+    CREATE TABLE seen (key TEXT PRIMARY KEY, ts TEXT NOT NULL);
+    CREATE INDEX seen_ts ON seen (ts);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,
+        incident_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        sent_at TEXT,
+        sent_ts TEXT
+    );
+    CREATE INDEX outbox_queued ON outbox (sent_at, id);
+    """,
+]
+
+
+def _now() -> str:
+    return format_time(datetime.now(UTC)) or ""
+
+
+class SQLiteStore:
+    def __init__(self, url: str) -> None:
+        path = url.removeprefix("sqlite:///")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self.migrate()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def migrate(self) -> None:
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- state ---------------------------------------------------------------------------
+
+    def load_state(self) -> State:
+        state = State()
+        for (data,) in self._db.execute("SELECT data FROM incidents"):
+            incident = Incident.from_state(json.loads(data))
+            state.incidents[incident.id] = incident
+        for (data,) in self._db.execute("SELECT data FROM revisions"):
+            facts = RevisionFacts.from_json(json.loads(data))
+            state.revisions[(facts.service, facts.name)] = facts
+        meta = self._meta("correlate")
+        if meta:
+            state.request_services = set(meta.get("request_services", []))
+            for key, items in meta.get("pending", {}).items():
+                service, signal = key.split("\x1f", 1)
+                state.pending[(service, signal)] = [
+                    (parse_time(at), revision, sample) for at, revision, sample in items
+                ]
+        return state
+
+    def _meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def checkpoint(self, unit: str) -> datetime | None:
+        row = self._db.execute(
+            "SELECT position FROM checkpoints WHERE unit = ?", (unit,)
+        ).fetchone()
+        return parse_time(row[0]) if row else None
+
+    def seen_keys(self, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                k for (k,) in self._db.execute(f"SELECT key FROM seen WHERE key IN ({marks})", chunk)
+            )
+        return found
+
+    def commit_cycle(self, state: State, record: CycleRecord) -> None:
+        with self._tx() as db:
+            db.executemany(
+                """INSERT INTO incidents (id, service, signal, status, first_seen, data)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                       data = excluded.data""",
+                [
+                    (i.id, i.service, i.signal, i.status.value, format_time(i.first_seen),
+                     json.dumps(i.to_state()))
+                    for i in state.incidents.values()
+                ],
+            )
+            db.executemany(
+                """INSERT INTO revisions (service, name, data) VALUES (?, ?, ?)
+                   ON CONFLICT (service, name) DO UPDATE SET data = excluded.data""",
+                [(f.service, f.name, json.dumps(f.to_json())) for f in state.revisions.values()],
+            )
+            correlate = {
+                "request_services": sorted(state.request_services),
+                "pending": {
+                    f"{service}\x1f{signal}": [
+                        (format_time(at), revision, sample) for at, revision, sample in items
+                    ]
+                    for (service, signal), items in state.pending.items()
+                },
+            }
+            self._set_meta(db, "correlate", correlate)
+            if record.checkpoint is not None:
+                db.execute(
+                    """INSERT INTO checkpoints (unit, position) VALUES (?, ?)
+                       ON CONFLICT (unit) DO UPDATE SET position = excluded.position""",
+                    (record.unit, format_time(record.checkpoint)),
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO seen (key, ts) VALUES (?, ?)",
+                [(k, format_time(ts)) for k, ts in record.seen.items()],
+            )
+            if record.forget_before is not None:
+                db.execute("DELETE FROM seen WHERE ts < ?", (format_time(record.forget_before),))
+            created = _now()
+            db.executemany(
+                """INSERT OR IGNORE INTO outbox (key, incident_id, payload, created_at)
+                   VALUES (?, ?, ?, ?)""",
+                [(m.key, m.incident_id, json.dumps(m.to_json()), created)
+                 for m in record.messages],
+            )
+            if record.summary:
+                self._set_meta(db, "last_cycle", record.summary)
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
+        db.execute(
+            """INSERT INTO meta (key, value) VALUES (?, ?)
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+            (key, json.dumps(value)),
+        )
+
+    def last_cycle(self) -> dict[str, Any] | None:
+        value = self._meta("last_cycle")
+        return value if isinstance(value, dict) else None
+
+    def open_incidents(self) -> list[Incident]:
+        rows = self._db.execute(
+            "SELECT data FROM incidents WHERE status = ? ORDER BY first_seen",
+            (IncidentStatus.OPEN.value,),
+        )
+        return [Incident.from_state(json.loads(d)) for (d,) in rows]
+
+    # --- outbox --------------------------------------------------------------------------
+
+    def queued(self) -> list[Queued]:
+        rows = self._db.execute(
+            "SELECT id, payload, attempts, last_error FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        )
+        return [Queued(i, Message.from_json(json.loads(p)), a, e) for i, p, a, e in rows]
+
+    def thread(self, incident_id: str) -> Thread | None:
+        row = self._db.execute(
+            "SELECT slack_channel, slack_ts FROM incidents WHERE id = ?", (incident_id,)
+        ).fetchone()
+        if row is None or row[1] is None:
+            return None
+        return Thread(channel=row[0], ts=row[1])
+
+    def mark_sent(self, queued: Queued, thread: Thread) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET sent_at = ?, sent_ts = ?, attempts = attempts + 1 "
+                "WHERE id = ?",
+                (_now(), thread.ts, queued.id),
+            )
+            if queued.message.action is Action.POST_ROOT:
+                db.execute(
+                    "UPDATE incidents SET slack_channel = ?, slack_ts = ? WHERE id = ?",
+                    (thread.channel, thread.ts, queued.message.incident_id),
+                )
+
+    def mark_failed(self, queued: Queued, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error, queued.id),
+            )
+
+    def close(self) -> None:
+        self._db.close()
