@@ -23,7 +23,7 @@ from monitor.entries import EntryKind, LogEntry
 
 # Migration output arrives as one entry per line; lines of a stream are kept for the parser only
 # around tool output, so a busy app's other lines are never buffered.
-_MIGRATION_HINTS = ("prisma", "Prisma", "igration", "Error: P", "Datasource", "DbError", "ERROR:")
+_MIGRATION_HINTS = ("risma", "igration", "Error:", "Datasource", "DbError", "ERROR:")
 _MIGRATION_CONTEXT = timedelta(minutes=2)
 
 StreamKey = tuple[str, str | None, str | None]

@@ -72,7 +72,12 @@ def scrub(text: str) -> str:
     text = _SLACK_TOKEN.sub(lambda m: f"{m[1]}-***", text)
     text = _WEBHOOK.sub(r"\1***", text)
     text = _BEARER.sub(r"\1 ***", text)
-    return _KEY_VALUE.sub(r"\1\2***", text)
+    return _KEY_VALUE.sub(_mask_value, text)
+
+
+def _mask_value(m: re.Match[str]) -> str:
+    quote_ = m[3][0] if m[3][:1] in ("'", '"') else ""
+    return f"{m[1]}{m[2]}{quote_}***{quote_}"
 
 
 def escape(text: str) -> str:

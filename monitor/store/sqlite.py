@@ -137,7 +137,8 @@ class SQLiteStore:
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
             found.update(
-                k for (k,) in self._db.execute(f"SELECT key FROM seen WHERE key IN ({marks})", chunk)
+                k
+                for (k,) in self._db.execute(f"SELECT key FROM seen WHERE key IN ({marks})", chunk)
             )
         return found
 

@@ -1,0 +1,377 @@
+"""FileSource: replay a `gcloud logging read --format=json` export (or JSON lines) as a source.
+
+Why it exists: an incident is easiest to study, test and demonstrate from the logs it left. The
+replay goes through the same `from_json` and everything after it as production, so a file gives
+the same conclusions as Cloud Logging (see DESIGN.md).
+
+Why it streams: exports of a multi-day incident are easily hundreds of megabytes of pretty-printed
+JSON. `json.load` would hold the whole document (several times its size as Python objects); here
+the text is read in chunks and the array is decoded one element at a time with
+`json.JSONDecoder.raw_decode`, so memory stays bounded by the largest entry plus a chunk or two.
+
+Formats, told apart by the first non-whitespace character:
+- `[`: a JSON array of entry objects (what gcloud writes, newest first by default);
+- `{`: JSON lines, one entry object per line (`jq -c '.[]'`, the emulator, our own dumps).
+A file starting with the gzip magic number is decompressed on the fly, whatever its name.
+
+Errors: one bad entry is counted, logged with its position ("entry 17", "line 17") and skipped. A
+JSON syntax error inside an array makes everything after it unreadable: that raises `SourceError`
+naming the file and the position, after all the entries before it have been yielded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from monitor.entries import LogEntry, MalformedEntry, from_json
+from monitor.sources.base import ReadStats, SourceError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+# Cloud Logging caps an entry at 256 KiB; pretty-printing can roughly double that. Anything far
+# beyond it is not an entry but a broken document, and must not make us buffer the whole file.
+DEFAULT_MAX_ENTRY_CHARS = 8 * 1024 * 1024
+MAX_WARNINGS = 100  # per pass; the rest are counted and summarised in one line
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_NON_WS = re.compile(r"[^ \t\n\r]")
+_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    """A record that is not JSON at all (JSON lines only): skipped, with the reason."""
+
+    reason: str
+
+
+class _Buffer:
+    """A sliding window over a text stream: `text[pos:]` is read but not yet consumed.
+
+    Consumed text is dropped whenever more is read, so the window holds the unconsumed part of
+    the current element plus what was just read. `line`/`col` track where `text[0]` sits in the
+    file, so errors can name a line and column without keeping the file.
+    """
+
+    def __init__(self, stream: TextIO, path: Path, chunk_size: int) -> None:
+        self.stream = stream
+        self.path = path
+        self.chunk_size = chunk_size
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+        self.line = 1  # line number of text[0]
+        self.col = 0  # 0-based column of text[0]
+        self.peak = 0  # most characters ever held: the memory bound the tests check
+
+    def more(self, at_least: int) -> bool:
+        """Read at least `at_least` more characters (fewer at the end); False if none were left."""
+        if self.eof:
+            return False
+        self._compact()
+        parts: list[str] = []
+        got = 0
+        while got < at_least:
+            try:
+                chunk = self.stream.read(self.chunk_size)
+            except _READ_ERRORS as exc:
+                raise SourceError(
+                    f"{self.path}: cannot read past line {self.where(len(self.text))[0]}: {exc}"
+                ) from None
+            if not chunk:
+                self.eof = True
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        if parts:
+            self.text += "".join(parts)
+            self.peak = max(self.peak, len(self.text))
+        return got > 0
+
+    def _compact(self) -> None:
+        if self.pos == 0:
+            return
+        newlines = self.text.count("\n", 0, self.pos)
+        if newlines:
+            self.line += newlines
+            self.col = self.pos - self.text.rfind("\n", 0, self.pos) - 1
+        else:
+            self.col += self.pos
+        self.text = self.text[self.pos :]
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        """Skip whitespace and return the next character without consuming it; None at the end."""
+        while True:
+            m = _NON_WS.search(self.text, self.pos)
+            if m:
+                self.pos = m.start()
+                return self.text[self.pos]
+            self.pos = len(self.text)
+            if not self.more(self.chunk_size):
+                return None
+
+    def where(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) in the file of `text[index]`."""
+        newlines = self.text.count("\n", 0, index)
+        if newlines:
+            return self.line + newlines, index - self.text.rfind("\n", 0, index)
+        return self.line, self.col + index + 1
+
+
+class _Skips:
+    """Counts malformed records and logs each one, up to MAX_WARNINGS per pass."""
+
+    def __init__(self, path: Path, stats: ReadStats, warn: bool) -> None:
+        self.path = path
+        self.stats = stats
+        self.warn = warn
+        self.count = 0
+
+    def skip(self, position: str, reason: str) -> None:
+        self.count += 1
+        self.stats.entries_skipped += 1
+        if self.warn and self.count <= MAX_WARNINGS:
+            log.warning("%s: %s skipped: %s", self.path, position, reason)
+
+    def finish(self) -> None:
+        if self.warn and self.count > MAX_WARNINGS:
+            log.warning(
+                "%s: %d malformed entries skipped in all (only the first %d are listed above)",
+                self.path,
+                self.count,
+                MAX_WARNINGS,
+            )
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is not None and t.tzinfo is None:
+        return t.replace(tzinfo=UTC)
+    return t
+
+
+class FileSource:
+    """Entries from a `gcloud logging read --format=json` export or a JSON-lines file."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_entry_chars: int = DEFAULT_MAX_ENTRY_CHARS,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self.path = Path(path)
+        self.chunk_size = chunk_size
+        self.max_entry_chars = max(max_entry_chars, chunk_size)
+        # The most characters the decoder held at once in the last pass (diagnostics, tests).
+        self.peak_buffer_chars = 0
+
+    def read(
+        self, start: datetime | None, end: datetime | None, stats: ReadStats
+    ) -> Iterator[LogEntry]:
+        """Entries with `start <= timestamp <= end` (None: unbounded), in file order."""
+        lo, hi = _utc(start), _utc(end)
+        for entry in self._entries(stats, warn=True):
+            if (lo is None or entry.timestamp >= lo) and (hi is None or entry.timestamp <= hi):
+                yield entry
+
+    def latest_timestamp(self) -> datetime | None:
+        """The newest entry's timestamp, in one streaming pass: the clock of a replay.
+
+        Not the first or the last entry: gcloud writes newest first, other tools oldest first.
+        Malformed entries are ignored silently here; `read` reports them.
+        """
+        latest: datetime | None = None
+        for entry in self._entries(ReadStats(), warn=False):
+            if latest is None or entry.timestamp > latest:
+                latest = entry.timestamp
+        return latest
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _entries(self, stats: ReadStats, warn: bool) -> Iterator[LogEntry]:
+        skips = _Skips(self.path, stats, warn)
+        try:
+            for position, obj in self._records():
+                if isinstance(obj, _Bad):
+                    skips.skip(position, obj.reason)
+                    continue
+                try:
+                    entry = from_json(obj)
+                except MalformedEntry as exc:
+                    skips.skip(position, str(exc))
+                    continue
+                stats.entries_read += 1
+                yield entry
+        finally:
+            skips.finish()
+
+    def _open(self) -> TextIO:
+        try:
+            with self.path.open("rb") as f:
+                magic = f.read(2)
+            if magic == _GZIP_MAGIC:
+                return gzip.open(self.path, "rt", encoding="utf-8-sig")
+            return self.path.open("r", encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise SourceError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise SourceError(f"{self.path}: is a directory, not a log export") from None
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+
+    def _records(self) -> Iterator[tuple[str, Any]]:
+        """(position, decoded value or _Bad) for every record in the file, in file order."""
+        with self._open() as stream:
+            buf = _Buffer(stream, self.path, self.chunk_size)
+            try:
+                first = buf.peek()
+                if first is None:
+                    return  # an empty file: no entries, nothing wrong
+                if first == "[":
+                    yield from self._array(buf)
+                elif first == "{":
+                    yield from self._lines(buf)
+                else:
+                    line, col = buf.where(buf.pos)
+                    raise SourceError(
+                        f"{self.path}: not a log export: expected a JSON array ('[') or JSON "
+                        f"lines ('{{'), found {first!r} at line {line}, column {col}"
+                    )
+            finally:
+                self.peak_buffer_chars = buf.peak
+
+    def _array(self, buf: _Buffer) -> Iterator[tuple[str, Any]]:
+        decoder = json.JSONDecoder()
+        buf.pos += 1  # the '['
+        c = buf.peek()
+        n = 0
+        if c == "]":
+            buf.pos += 1
+        else:
+            while True:
+                n += 1
+                if c is None:
+                    raise SourceError(
+                        f"{self.path}: the JSON array is cut off before entry {n} "
+                        f"(no closing ']'); the {n - 1} entries before it were read"
+                    )
+                yield f"entry {n}", self._element(buf, decoder, n)
+                c = buf.peek()
+                if c == ",":
+                    buf.pos += 1
+                    c = buf.peek()
+                    continue
+                if c == "]":
+                    buf.pos += 1
+                    break
+                if c is None:
+                    raise SourceError(
+                        f"{self.path}: the JSON array is cut off after entry {n} "
+                        f"(no closing ']'); all {n} entries before it were read"
+                    )
+                line, col = buf.where(buf.pos)
+                raise SourceError(
+                    f"{self.path}: JSON syntax error after entry {n} at line {line}, column "
+                    f"{col}: expected ',' or ']', found {c!r}; the {n} entries before it were read"
+                )
+        c = buf.peek()
+        if c is not None:
+            line, col = buf.where(buf.pos)
+            raise SourceError(
+                f"{self.path}: unexpected {c!r} after the end of the JSON array at line {line}, "
+                f"column {col}; all {n} entries were read"
+            )
+
+    def _element(self, buf: _Buffer, decoder: json.JSONDecoder, n: int) -> Any:
+        """Decode the array element starting at `buf.pos`, reading more text until it is whole."""
+        while True:
+            try:
+                value, end = decoder.raw_decode(buf.text, buf.pos)
+            except json.JSONDecodeError as exc:
+                pending = len(buf.text) - buf.pos
+                if not buf.eof and pending < self.max_entry_chars:
+                    # Most likely the element continues in the next chunk. Grow geometrically so
+                    # a big element costs O(size) decoding work, not O(size^2 / chunk).
+                    buf.more(max(self.chunk_size, pending))
+                    continue
+                line, col = buf.where(exc.pos)
+                if buf.eof:
+                    why = "is cut off or broken"
+                else:
+                    why = f"is broken or larger than {self.max_entry_chars} characters"
+                raise SourceError(
+                    f"{self.path}: the JSON array {why} at entry {n} (line {line}, column "
+                    f"{col}: {exc.msg}); the {n - 1} entries before it were read"
+                ) from None
+            except RecursionError:
+                line, _ = buf.where(buf.pos)
+                raise SourceError(
+                    f"{self.path}: entry {n} (line {line}) is nested too deeply to decode; "
+                    f"the {n - 1} entries before it were read"
+                ) from None
+            # An object, array or string ends with its own delimiter; a bare number or literal
+            # that reaches the end of the buffer may continue in the next chunk.
+            if end == len(buf.text) and not buf.eof and buf.text[end - 1] not in '}]"':
+                buf.more(self.chunk_size)
+                continue
+            buf.pos = end
+            return value
+
+    def _lines(self, buf: _Buffer) -> Iterator[tuple[str, Any]]:
+        lineno = buf.where(buf.pos)[0]
+        buf.pos = buf.text.rfind("\n", 0, buf.pos) + 1  # back to the start of that line
+        first = True
+        scanned = 0  # characters after pos already known to hold no newline
+        overlong = False
+        while True:
+            nl = buf.text.find("\n", buf.pos + scanned)
+            if nl == -1:
+                pending = len(buf.text) - buf.pos
+                if pending > self.max_entry_chars:
+                    overlong = True  # drop it as it streams past; report it at its end
+                    buf.pos = len(buf.text)
+                    pending = 0
+                scanned = pending
+                if buf.more(self.chunk_size):
+                    continue
+                nl = len(buf.text)  # the last line has no newline
+            line = buf.text[buf.pos : nl]
+            buf.pos = min(nl + 1, len(buf.text))
+            scanned = 0
+            if overlong:
+                overlong = False
+                yield f"line {lineno}", _Bad(f"longer than {self.max_entry_chars} characters")
+            elif line.strip():
+                if first and line.strip() == "{":
+                    raise SourceError(
+                        f"{self.path}: line {lineno} is a lone '{{': this looks like "
+                        "pretty-printed JSON objects, not JSON lines; give the gcloud JSON "
+                        "array itself, or one object per line (jq -c '.[]')"
+                    )
+                first = False
+                yield f"line {lineno}", self._decode_line(line)
+            if nl >= len(buf.text) and buf.eof:
+                return
+            lineno += 1
+
+    @staticmethod
+    def _decode_line(line: str) -> Any:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as exc:
+            return _Bad(f"JSON syntax error at column {exc.colno}: {exc.msg}")
+        except RecursionError:
+            return _Bad("nested too deeply to decode")

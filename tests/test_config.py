@@ -1,0 +1,136 @@
+"""config.yaml: validation names the key and the problem; durations; interpolation; masking."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.config import (
+    ConfigError,
+    format_duration,
+    load_config,
+    masked,
+    parse_config,
+    parse_duration,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MINIMAL = {"services": ["spector"], "source": {"type": "file", "path": "x.json"},
+           "signals": [{"name": "missing-session-table", "match": "MissingSessionTableError"}]}
+
+
+def with_(**changes):
+    data = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in MINIMAL.items()}
+    data["signals"] = [dict(MINIMAL["signals"][0])]
+    for path, value in changes.items():
+        node = data
+        *parents, last = path.split("__")
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node.setdefault(p, {})
+        node[int(last) if last.isdigit() else last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("250ms", 0.25),
+     (45, 45), (" 10 m ", 600)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("bad", ["five minutes", "5x", "", "m5", "1h3", -3, True, None])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(bad)
+
+
+def test_duration_round_trip():
+    assert format_duration(timedelta(minutes=90)) == "1h30m"
+    assert format_duration(timedelta(0)) == "0s"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"signals__0__window": "five minutes"},
+         "signals[0].window: invalid duration 'five minutes'"),
+        ({"signals__0__match": "(unclosed"}, "signals[0].match: invalid regular expression"),
+        ({"signals__0__open_after": 0}, "signals[0].open_after: Input should be greater than"),
+        ({"signals__0__severity": "urgent"}, "signals[0].severity: Input should be"),
+        ({"poll__intervall": "1m"}, "poll.intervall: unknown key"),
+        ({"slak": {}}, "slak: unknown key"),
+        ({"source__type": "bigquery"}, "source.type: Input should be 'cloud_logging' or 'file'"),
+        ({"state__url": "mysql://x"}, "state.url: must start with sqlite:/// or postgresql://"),
+        ({"source": {"type": "file"}}, "source.path: required when source.type is 'file'"),
+        ({"source": {"type": "cloud_logging"}}, "project: required"),
+        ({"services": []}, "services: at least one service"),
+        ({"signals": []}, "signals: List should have at least 1 item"),
+    ],
+)
+def test_errors_name_the_key_and_the_problem(changes, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(with_(**changes), env={})
+    assert message in str(exc.value)
+
+
+def test_duplicate_signal_names_are_rejected():
+    data = with_()
+    data["signals"].append(dict(data["signals"][0]))
+    with pytest.raises(ConfigError, match="duplicate signal name 'missing-session-table'"):
+        parse_config(data, env={})
+
+
+def test_interpolation_with_defaults_and_missing_variables():
+    data = with_(project="${PROJECT}", slack={"token": "${TOKEN:-}", "channel": "${CH:-#ops}"})
+    config = parse_config(data, env={"PROJECT": "spector-prod"})
+    assert config.project == "spector-prod"
+    assert config.slack.token == ""
+    assert config.slack.channel == "#ops"
+    with pytest.raises(ConfigError, match=r"project: environment variable PROJECT is not set"):
+        parse_config(data, env={})
+
+
+def test_regex_is_compiled_at_load():
+    config = parse_config(with_(signals__0__match="Missing(Session|User)TableError"), env={})
+    assert config.signals[0].match.search("x MissingUserTableError y")
+
+
+def test_secrets_are_masked():
+    data = with_(slack={"token": "xoxb-123-secret"},
+                 state={"url": "postgresql://monitor:hunter2@db.internal/monitor"})
+    shown = str(masked(parse_config(data, env={})))
+    assert "xoxb-123-secret" not in shown and "hunter2" not in shown
+    assert "postgresql://monitor:***@db.internal/monitor" in shown
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services: [spector\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(top)
+
+
+def test_relative_source_path_is_taken_from_the_config_folder(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "services: [spector]\nsource: {type: file, path: logs.json}\n"
+        "signals: [{name: s, match: x}]\n")
+    assert load_config(tmp_path / "c.yaml").source.path == tmp_path / "logs.json"
+
+
+def test_shipped_config_is_valid_with_the_documented_environment():
+    config = load_config(ROOT / "config.yaml", env={"GOOGLE_CLOUD_PROJECT": "spector-prod"})
+    assert config.watched_services == ["spector"]
+    (signal,) = config.signals
+    assert signal.match.search("MissingSessionTableError: Prisma session table does not exist")
+    assert config.migrations.tool == "prisma"
