@@ -98,7 +98,8 @@ class SlackServer:
             self._channel(name, create=True)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------------
     @property

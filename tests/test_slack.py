@@ -187,7 +187,7 @@ CASES: list[tuple[str, Exception, bool, float | None, str]] = [
     ("is_archived", api_error("is_archived"), False, None, "archived"),
     ("missing_scope", api_error("missing_scope", needed="chat:write"), False, None,
      "the token needs the chat:write scope"),
-    ("msg_too_long", api_error("msg_too_long"), False, None, "too long"),
+    ("msg_too_long", api_error("msg_too_long"), False, None, "longer than Slack"),
     ("invalid_blocks", api_error("invalid_blocks"), False, None, "blocks"),
     ("other error", api_error("some_new_error"), False, None, "some_new_error"),
     ("404", api_error(None, 404), False, None, "base_url"),

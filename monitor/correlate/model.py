@@ -58,12 +58,12 @@ class RevisionFacts:
         """When it could first have served: Ready if known, else deploy or first entry."""
         return self.ready_at or self.deployed_at or self.first_seen
 
-    def to_json(self) -> dict[str, Any]:
-        """The `revisions[]` object of the JSON contract, plus the readiness facts."""
+    def to_state(self) -> dict[str, Any]:
+        """Everything, as stored."""
         return {
             "service": self.service,
             "name": self.name,
-            "deployed_at": format_time(self.deployed_at or self.first_seen),
+            "deployed_at": format_time(self.deployed_at),
             "first_seen": format_time(self.first_seen),
             "last_seen": format_time(self.last_seen),
             "migrations": [m.to_json() for m in self.migrations],
@@ -74,8 +74,15 @@ class RevisionFacts:
             "requests_failed": self.requests_failed,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """The `revisions[]` object of the JSON contract, plus the readiness facts.
+
+        Without an audit log entry, a revision's deploy time is its first entry.
+        """
+        return {**self.to_state(), "deployed_at": format_time(self.deployed_at or self.first_seen)}
+
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> RevisionFacts:
+    def from_state(cls, d: dict[str, Any]) -> RevisionFacts:
         return cls(
             service=d["service"],
             name=d["name"],

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from monitor.notify.message import Action, Message, Thread
+from monitor.notify.message import Action, DeliveryError, Message, Thread
 from monitor.notify.render import clean
 
 _LINK = re.compile(r"<(https?://[^|>\s]+)\|([^>]*)>")
@@ -66,7 +66,7 @@ def flatten(blocks: list[dict[str, Any]]) -> Iterator[str]:
 
 
 class ConsoleNotifier:
-    """The Notifier for a terminal; never fails, so a dry run always shows everything."""
+    """The Notifier for a terminal; fails only when the stream does (closed, broken pipe)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -87,6 +87,10 @@ class ConsoleNotifier:
             flags += f" links {for_terminal(message.link_thread_of)}{ts}"
         lines = [f"--- {message.action.value} {where} [{for_terminal(message.key)}]{flags}",
                  _indent_code(for_terminal(message.text)), *flatten(message.blocks), ""]
-        self._stream.write("\n".join(lines) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # a closed stream or a broken pipe
+            raise DeliveryError(f"cannot write to the console: {type(exc).__name__}",
+                                retryable=False) from exc
         return thread

@@ -109,7 +109,7 @@ class SQLiteStore:
             incident = Incident.from_state(json.loads(data))
             state.incidents[incident.id] = incident
         for (data,) in self._db.execute("SELECT data FROM revisions"):
-            facts = RevisionFacts.from_json(json.loads(data))
+            facts = RevisionFacts.from_state(json.loads(data))
             state.revisions[(facts.service, facts.name)] = facts
         meta = self._meta("correlate")
         if meta:
@@ -158,7 +158,7 @@ class SQLiteStore:
             db.executemany(
                 """INSERT INTO revisions (service, name, data) VALUES (?, ?, ?)
                    ON CONFLICT (service, name) DO UPDATE SET data = excluded.data""",
-                [(f.service, f.name, json.dumps(f.to_json())) for f in state.revisions.values()],
+                [(f.service, f.name, json.dumps(f.to_state())) for f in state.revisions.values()],
             )
             correlate = {
                 "request_services": sorted(state.request_services),

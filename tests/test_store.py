@@ -1,0 +1,154 @@
+"""The store contract; parametrised over stores so PostgreSQL (#8) joins the same suite."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from monitor.correlate.incidents import State
+from monitor.correlate.model import (
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    MigrationRecord,
+    RevisionFacts,
+)
+from monitor.notify.message import Action, Message, Thread
+from monitor.store import open_store
+from monitor.store.base import CycleRecord
+from monitor.store.sqlite import MIGRATIONS, SQLiteStore
+
+T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request, tmp_path):
+    s = open_store(f"sqlite:///{tmp_path}/state.db")
+    yield s
+    s.close()
+
+
+def incident(status=IncidentStatus.OPEN) -> Incident:
+    return Incident(
+        id="spector:missing-session-table:20251204T210300Z", service="spector",
+        signal="missing-session-table", kind=IncidentKind.ERROR, severity="critical",
+        status=status, first_seen=T0, last_seen=T0 + timedelta(minutes=5), count=7,
+        revisions={"spector-00042-wex": 7}, introduced_by="spector-00042-wex",
+        suspect_migrations=["20251204205052_map_session_table_to_lowercase"], sample="boom",
+        notified_at=T0, changes=["now also failing on revision r43"],
+    )
+
+
+def state() -> State:
+    s = State()
+    i = incident()
+    s.incidents[i.id] = i
+    s.revisions[("spector", "spector-00042-wex")] = RevisionFacts(
+        service="spector", name="spector-00042-wex", first_seen=T0, last_seen=T0, ready=True,
+        ready_at=T0, errors={"missing-session-table": 7}, requests_failed=7,
+        migrations=[MigrationRecord("20251204205052_map_session_table_to_lowercase", "applied",
+                                    None, T0)])
+    s.pending[("spector", "other")] = [(T0, "spector-00042-wex", "sample")]
+    s.request_services = {"spector"}
+    return s
+
+
+def message(n: int, action=Action.POST_ROOT, incident_id="inc") -> Message:
+    return Message(key=f"{incident_id}#{n}.0", incident_id=incident_id, action=action,
+                   channel="#alerts", text=f"message {n}")
+
+
+def record(messages=(), checkpoint=T0, seen=None, forget_before=None) -> CycleRecord:
+    return CycleRecord(unit="spector-prod", checkpoint=checkpoint, seen=seen or {},
+                       forget_before=forget_before, messages=list(messages),
+                       summary={"checked_at": "x"})
+
+
+def test_state_round_trips(store):
+    original = state()
+    store.commit_cycle(original, record())
+    loaded = store.load_state()
+    assert loaded.incidents == original.incidents
+    assert loaded.revisions == original.revisions
+    assert loaded.pending == original.pending
+    assert loaded.request_services == {"spector"}
+    assert store.checkpoint("spector-prod") == T0
+    assert store.checkpoint("other-unit") is None
+    assert store.last_cycle() == {"checked_at": "x"}
+
+
+def test_incident_updates_replace_the_stored_document(store):
+    s = state()
+    store.commit_cycle(s, record())
+    s.incidents[incident().id].status = IncidentStatus.RESOLVED
+    s.incidents[incident().id].count = 9
+    store.commit_cycle(s, record())
+    (loaded,) = store.load_state().incidents.values()
+    assert (loaded.status, loaded.count) == (IncidentStatus.RESOLVED, 9)
+
+
+def test_seen_keys_and_their_pruning(store):
+    store.commit_cycle(State(), record(seen={"a": T0, "b": T0 + timedelta(hours=1)}))
+    assert store.seen_keys(["a", "b", "c"]) == {"a", "b"}
+    store.commit_cycle(State(), record(forget_before=T0 + timedelta(minutes=30)))
+    assert store.seen_keys(["a", "b"]) == {"b"}
+    many = [f"k{i}" for i in range(1200)]  # more than one IN (...) chunk
+    store.commit_cycle(State(), record(seen=dict.fromkeys(many, T0 + timedelta(hours=2))))
+    assert store.seen_keys([*many, "zz"]) == set(many)
+
+
+def test_outbox_is_ordered_and_enqueueing_the_same_key_twice_is_a_no_op(store):
+    store.commit_cycle(state(), record([message(1), message(2, Action.REPLY)]))
+    store.commit_cycle(state(), record([message(1), message(2, Action.REPLY), message(3)]))
+    assert [q.message.key for q in store.queued()] == ["inc#1.0", "inc#2.0", "inc#3.0"]
+
+
+def test_mark_sent_records_the_thread_of_a_root(store):
+    s = state()
+    root = Message(key="r#1.0", incident_id=incident().id, action=Action.POST_ROOT,
+                   channel="#alerts", text="alert")
+    store.commit_cycle(s, record([root, message(2, Action.REPLY, incident().id)]))
+    assert store.thread(incident().id) is None
+    first, second = store.queued()
+    store.mark_failed(first, "ratelimited")
+    (again, _) = store.queued()
+    assert (again.attempts, again.last_error) == (1, "ratelimited")
+    store.mark_sent(again, Thread("C123", "1700000000.000100"))
+    assert store.thread(incident().id) == Thread("C123", "1700000000.000100")
+    assert [q.message.key for q in store.queued()] == [second.message.key]
+    store.mark_sent(second, Thread("C123", "1700000000.000200"))
+    assert store.queued() == []
+    # a reply does not move the thread root
+    assert store.thread(incident().id) == Thread("C123", "1700000000.000100")
+
+
+def test_a_failed_commit_changes_nothing(store, monkeypatch):
+    store.commit_cycle(State(), record(checkpoint=T0))
+    bad = state()
+    bad.incidents["x"] = "not an incident"  # type: ignore[assignment]
+    with pytest.raises(AttributeError):  # any failure mid-transaction
+        store.commit_cycle(bad, record([message(1)], checkpoint=T0 + timedelta(hours=1)))
+    assert store.checkpoint("spector-prod") == T0
+    assert store.queued() == []
+    assert store.load_state().incidents == {}
+
+
+def test_schema_is_versioned_and_migration_is_idempotent(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = SQLiteStore(url)
+    first.commit_cycle(state(), record())
+    assert first.schema_version == len(MIGRATIONS)
+    first.close()
+    second = SQLiteStore(url)  # opening again migrates nothing and keeps the data
+    assert second.schema_version == len(MIGRATIONS)
+    assert second.load_state().incidents.keys() == state().incidents.keys()
+    second.close()
+    version = sqlite3.connect(f"{tmp_path}/s.db").execute("PRAGMA user_version").fetchone()[0]
+    assert version == len(MIGRATIONS)
+
+
+def test_unsupported_url():
+    with pytest.raises(ValueError, match=r"state\.url"):
+        open_store("postgresql://user@host/db")
