@@ -78,6 +78,12 @@ def build_classifier(config: Config, services: Iterable[str]) -> Classifier:
     return Classifier(services, matcher, parser)
 
 
+def _render(config: Config, transition: Transition, project: str | None) -> list[Message]:
+    signal = config.signal(transition.incident.signal)
+    return render(transition, channel=config.slack.channel, project=project,
+                  pattern=signal.match.pattern if signal is not None else None)
+
+
 def read_window(
     store: Store,
     unit: str,
@@ -142,10 +148,7 @@ def run_cycle(
     outcome = advance(store.load_state(), observations, now=now,
                       complete_until=complete_until, rules=Rules.from_config(config))
     # 4. render: transitions -> messages, as data
-    messages = [
-        m for t in outcome.transitions
-        for m in render(t, channel=config.slack.channel, project=project)
-    ]
+    messages = [m for t in outcome.transitions for m in _render(config, t, project)]
     result = CycleResult(now, window, outcome.state, outcome.transitions, messages, stats,
                          dry_run=dry_run)
     if dry_run:

@@ -151,7 +151,8 @@ class SlackServer:
             return self._channel(name, create=True)
 
     def messages(self, channel: str) -> list[dict[str, Any]]:
-        """The channel as people see it now: roots oldest first, each with `replies`."""
+        """The channel as people see it now, edits applied: top-level messages oldest first, each
+        with its `replies`. A broadcast reply is in both places, as in Slack's channel view."""
         with self._lock:
             cid = self._channel(channel, create=True)
             return [dict(m.to_json(), replies=[r.to_json() for r in m.replies])
@@ -242,7 +243,8 @@ class SlackServer:
                     queue.pop(0)
         if fault is not None and fault.delay and not fault.after:
             time.sleep(fault.delay)
-        status, extra, body = 200, {}, {"ok": True}
+        status, extra = 200, {}
+        body: dict[str, Any] = {"ok": True}
         auth = headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
         if fault is not None and not fault.delay:

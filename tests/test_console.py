@@ -73,6 +73,15 @@ def test_for_terminal_strips_what_slipped_through() -> None:
     assert for_terminal("<https://x.example/q|Logs>") == "Logs (https://x.example/q)"
 
 
+def test_print_message_shows_without_a_thread() -> None:
+    out = io.StringIO()
+    [reply, _] = rendered(transition(TransitionKind.UPDATED, changes=("count grew to 3",)))
+    ConsoleNotifier(out).print_message(reply)
+    first, *rest = out.getvalue().splitlines()
+    assert first == "--- reply #spector-alerts [spector.missing-session-table.1#1.0]"
+    assert "• count grew to 3" in rest
+
+
 def test_a_closed_stream_is_a_delivery_error() -> None:
     out = io.StringIO()
     out.close()

@@ -124,7 +124,8 @@ def test_logs_query_quotes_and_revision() -> None:
 
 
 def test_regressed_links_the_earlier_thread() -> None:
-    inc = incident(id="spector.missing-session-table.2", regression_of="spector.missing-session-table.1")
+    inc = incident(id="spector.missing-session-table.2",
+                   regression_of="spector.missing-session-table.1")
     [m] = rendered(transition(TransitionKind.REGRESSED, inc))
     assert m.action is Action.POST_ROOT
     assert m.link_thread_of == "spector.missing-session-table.1"
@@ -172,7 +173,8 @@ def test_resolved_broadcasts_the_evidence() -> None:
     reply, root = rendered(resolved("spector-00044-fix"))
     assert reply.action is Action.REPLY and reply.broadcast
     for expected in ("spector-00044-fix", "20251213003742_fix_session_table_uppercase` applied",
-                     "20251204205052_add_session_table` rolled back", "Last error at 2025-12-04 21:45 UTC",
+                     "20251204205052_add_session_table` rolled back",
+                     "Last error at 2025-12-04 21:45 UTC",
                      "No match for 15m with 120 successful requests served.",
                      "57 errors over 42m", "2025-12-04 21:03 UTC → 2025-12-04 21:45 UTC"):
         assert expected in reply.text
@@ -220,7 +222,8 @@ def hostile_messages() -> list[Message]:
     t_open = transition(TransitionKind.OPENED, inc)
     t_upd = transition(TransitionKind.UPDATED, inc, changes=(HOSTILE,))
     t_res = resolved("spector-00044-fix")
-    t_res = replace(t_res, incident=replace(t_res.incident, resolution_note=HOSTILE, sample=HOSTILE))
+    hostile_res = replace(t_res.incident, resolution_note=HOSTILE, sample=HOSTILE)
+    t_res = replace(t_res, incident=hostile_res)
     return [m for t in (t_open, t_upd, t_res) for m in rendered(t)]
 
 

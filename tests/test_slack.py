@@ -1,9 +1,11 @@
-"""SlackNotifier: the real slack-sdk WebClient against tests/slack_server.py, and the failure table."""
+"""SlackNotifier: the real slack-sdk WebClient against the local server; the failure table."""
 
 from __future__ import annotations
 
+import io
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.client import RemoteDisconnected
 from typing import Any
 from urllib.error import URLError
@@ -12,9 +14,11 @@ import pytest
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web import SlackResponse
 
-from monitor.notify.message import Action, DeliveryError, Message, Thread
+from monitor.notify.console import ConsoleNotifier
+from monitor.notify.message import Action, DeliveryError, Message, Notifier, Thread
 from monitor.notify.slack import SlackNotifier, classify_failure
 from tests.slack_server import SlackServer
+from tests.test_render import SECRETS, hostile_messages, texts
 
 CHANNEL = "#spector-alerts"
 
@@ -115,6 +119,26 @@ def test_server_failures_are_classified(slack: SlackServer, notifier: SlackNotif
     assert slack.token not in str(caught.value)
 
 
+def test_fail_next_counts_down(slack: SlackServer, notifier: SlackNotifier) -> None:
+    slack.fail_next("chat.postMessage", 2, status=500)
+    for _ in range(2):
+        with pytest.raises(DeliveryError):
+            notifier.send(message(Action.POST_ROOT), None)
+    notifier.send(message(Action.POST_ROOT), None)
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [500, 500, 200]
+    assert len(slack.messages(CHANNEL)) == 1
+
+
+def test_a_lost_response_leaves_the_post_findable(slack: SlackServer) -> None:
+    notifier = SlackNotifier(slack.token, base_url=slack.base_url, timeout=1)
+    slack.delay_next("chat.postMessage", 1.5, after=True)
+    with pytest.raises(DeliveryError) as caught:
+        notifier.send(message(Action.POST_ROOT), None)
+    assert caught.value.retryable
+    [posted] = slack.messages(CHANNEL)  # Slack has it: the outbox must look before it re-posts
+    assert posted["metadata"]["event_payload"]["key"] == "inc-1#1.0"
+
+
 def test_a_timeout_is_retryable(slack: SlackServer) -> None:
     notifier = SlackNotifier(slack.token, base_url=slack.base_url, timeout=1)
     slack.delay_next("chat.postMessage", 2)
@@ -158,7 +182,7 @@ def api_error(error: str | None, status: int = 200, headers: dict[str, str] | No
         req_args={"headers": {"Authorization": f"Bearer {TOKEN}"},
                   "json": {"channel": "#spector-alerts", "token": TOKEN}},
         data=body, headers=headers or {}, status_code=status)
-    return SlackApiError("failed", response)
+    return SlackApiError("failed", response)  # type: ignore[no-untyped-call]
 
 
 CASES: list[tuple[str, Exception, bool, float | None, str]] = [
@@ -173,8 +197,7 @@ CASES: list[tuple[str, Exception, bool, float | None, str]] = [
     ("request_timeout", api_error("request_timeout"), True, None, ""),
     ("URLError", URLError(ConnectionRefusedError(111, "Connection refused")), True, None,
      "cannot reach Slack"),
-    ("TimeoutError", TimeoutError("timed out"), True, None, "in time"),
-    ("socket.timeout", socket.timeout("timed out"), True, None, "in time"),
+    ("TimeoutError = socket.timeout", TimeoutError("timed out"), True, None, "in time"),
     ("ConnectionError", ConnectionResetError(104, "reset"), True, None, "connection"),
     ("RemoteDisconnected", RemoteDisconnected("closed"), True, None, "connection"),
     ("invalid_auth", api_error("invalid_auth"), False, None, "SLACK_BOT_TOKEN"),
@@ -204,3 +227,51 @@ def test_classify_failure(exc: Exception, retryable: bool, retry_after: float | 
     assert (err.retryable, err.retry_after) == (retryable, retry_after)
     assert says in str(err)
     assert TOKEN not in str(err) and "tablesecret" not in str(err)
+
+
+# --- the contract every Notifier keeps (STYLE.md item 11) -------------------------------------
+
+CONTRACT_TOKEN = "xoxb-9999-8888-contractSECRET"
+
+
+@dataclass
+class Contract:
+    notifier: Notifier
+    broken: Notifier  # the same kind of notifier, set up to fail
+    delivered: Callable[[], list[str]]  # every text that reached the destination
+    not_acted_upon: tuple[str, ...]  # what must never arrive raw
+
+
+def _slack_contract(slack: SlackServer) -> Contract:
+    def delivered() -> list[str]:
+        return texts(slack.messages(CHANNEL))
+
+    return Contract(SlackNotifier(slack.token, base_url=slack.base_url),
+                    SlackNotifier(CONTRACT_TOKEN, base_url=slack.base_url), delivered,
+                    ("<!channel>", "<!here>", "<@U", "<https://evil", "\x1b", "\x07"))
+
+
+def _console_contract() -> Contract:
+    out, closed = io.StringIO(), io.StringIO()
+    closed.close()
+    return Contract(ConsoleNotifier(out), ConsoleNotifier(closed), lambda: [out.getvalue()],
+                    ("\x1b", "\x07", "\x00", "\ud800"))
+
+
+@pytest.mark.parametrize("kind", ["slack", "console"])
+def test_notifier_contract(kind: str, slack: SlackServer) -> None:
+    contract = _slack_contract(slack) if kind == "slack" else _console_contract()
+    root: Thread | None = None
+    for m in hostile_messages():
+        thread = contract.notifier.send(m, root)
+        root = thread if m.action is Action.POST_ROOT else root
+    shown = "\n".join(contract.delivered())
+    assert "!channel" in shown and "evil.example" in shown  # shown, as text
+    for needle in (*contract.not_acted_upon, *SECRETS, CONTRACT_TOKEN):
+        assert needle not in shown, needle
+
+    with pytest.raises(DeliveryError) as caught:
+        contract.broken.send(hostile_messages()[0], None)
+    told = f"{caught.value} {caught.value.__cause__}"
+    for secret in (*SECRETS, CONTRACT_TOKEN, slack.token):
+        assert secret not in told

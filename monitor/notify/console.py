@@ -36,7 +36,7 @@ def _indent_code(text: str) -> str:
         lines = m[1].strip("\n").splitlines() or [""]
         return "\n" + "\n".join(f"    | {line}" for line in lines) + "\n"
 
-    return _CODE_BLOCK.sub(block, text).strip("\n")
+    return re.sub(r"\n{2,}", "\n", _CODE_BLOCK.sub(block, text)).strip("\n")
 
 
 def _text_of(obj: Any) -> str:
@@ -45,15 +45,16 @@ def _text_of(obj: Any) -> str:
     return ""
 
 
-def flatten(blocks: list[dict[str, Any]]) -> Iterator[str]:
-    """Block Kit as lines of text; unknown block types are skipped, not guessed at."""
+def flatten(blocks: list[dict[str, Any]], skip: str = "") -> Iterator[str]:
+    """Block Kit as lines of text; unknown block types are skipped, not guessed at, and so is a
+    section that only repeats `skip` (the message text, already printed)."""
     for block in blocks:
         kind = block.get("type")
         if kind == "header":
             yield f"== {for_terminal(_text_of(block.get('text')))} =="
         elif kind == "section":
             text = _text_of(block.get("text"))
-            if text:
+            if text and text != skip:
                 yield _indent_code(for_terminal(text))
             for field in block.get("fields") or []:
                 label, _, value = _text_of(field).partition("\n")
@@ -78,19 +79,28 @@ class ConsoleNotifier:
             thread = Thread(message.channel, f"console.{self._posted:06d}")
         else:
             thread = root
-        where = for_terminal(message.channel)
+        where = ""
         if message.action is not Action.POST_ROOT:
-            where += f" thread {thread.ts}" if root is not None else " (thread unknown)"
+            where = f" thread {thread.ts}" if root is not None else " (thread unknown)"
+        self._write(message, where, linked)
+        return thread
+
+    def print_message(self, message: Message) -> None:
+        """Show a message without delivering it (`--dry-run`): no thread is made or needed."""
+        self._write(message, "", None)
+
+    def _write(self, message: Message, where: str, linked: Thread | None) -> None:
         flags = " broadcast" if message.broadcast else ""
         if message.link_thread_of:
             ts = f" {linked.ts}" if linked is not None else ""
             flags += f" links {for_terminal(message.link_thread_of)}{ts}"
-        lines = [f"--- {message.action.value} {where} [{for_terminal(message.key)}]{flags}",
-                 _indent_code(for_terminal(message.text)), *flatten(message.blocks), ""]
+        lines = [f"--- {message.action.value} {for_terminal(message.channel)}{where} "
+                 f"[{for_terminal(message.key)}]{flags}",
+                 _indent_code(for_terminal(message.text)),
+                 *flatten(message.blocks, skip=message.text), ""]
         try:
             self._stream.write("\n".join(lines) + "\n")
             self._stream.flush()
         except (OSError, ValueError) as exc:  # a closed stream or a broken pipe
             raise DeliveryError(f"cannot write to the console: {type(exc).__name__}",
                                 retryable=False) from exc
-        return thread

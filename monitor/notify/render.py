@@ -347,11 +347,11 @@ def _migration_line(facts: RevisionFacts) -> str:
     return _listing(items) if items else "no migrations"
 
 
-def resolution_text(t: Transition) -> str:
+def resolution_text(t: Transition, pattern: str | None = None) -> str:
     """The evidence for a resolution, in sentences people can check."""
     inc = t.incident
     lines = [f":white_check_mark: *Resolved:* {safe_text(inc.service, 100, one_line=True)} "
-             f"{_title(inc, None)}"]
+             f"{_title(inc, pattern)}"]
     if inc.resolved_by:
         facts = next((f for f in t.revision_facts if f.name == inc.resolved_by), None)
         fixed = f"Fixed by revision {code(inc.resolved_by)}"
@@ -370,7 +370,7 @@ def resolution_text(t: Transition) -> str:
     return "\n".join(lines)
 
 
-def _reply_text(t: Transition) -> str:
+def _reply_text(t: Transition, pattern: str | None) -> str:
     inc = t.incident
     if t.kind is TransitionKind.UPDATED:
         changes = [f"• {safe_text(c, 300, one_line=True)}" for c in t.changes[:MAX_LIST]]
@@ -382,7 +382,7 @@ def _reply_text(t: Transition) -> str:
         quiet = fmt_duration(t.at - inc.last_seen)
         return (f":hourglass: Quiet since {fmt_time(inc.last_seen)} ({quiet}), but no successful "
                 "requests seen yet: keeping it open.")
-    return resolution_text(t)
+    return resolution_text(t, pattern)
 
 
 def render(transition: Transition, *, channel: str, project: str | None,
@@ -411,7 +411,7 @@ def render(transition: Transition, *, channel: str, project: str | None,
 
     if transition.kind in (TransitionKind.OPENED, TransitionKind.REGRESSED):
         return [root(Action.POST_ROOT)]
-    text = _reply_text(transition)
+    text = _reply_text(transition, pattern)
     reply = msg(Action.REPLY, text, [section(text)],
                 broadcast=transition.kind is TransitionKind.RESOLVED)
     if transition.kind is TransitionKind.QUIET_NO_TRAFFIC:
