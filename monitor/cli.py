@@ -32,7 +32,7 @@ EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 log = logging.getLogger("monitor")
 
 
-class DurationParam(click.ParamType):
+class DurationParam(click.ParamType[timedelta]):
     name = "duration"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -42,7 +42,7 @@ class DurationParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class TimeParam(click.ParamType):
+class TimeParam(click.ParamType[datetime]):
     name = "time"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
