@@ -877,7 +877,8 @@ def build(seed: int = SEED) -> Export:
     serve_error(d43, at("2025-12-13 01:07:05.208"))  # the last MissingSessionTableError
 
     # 01:06:30-02:15: a healthy hour on 00044.
-    for t in every(rng, at("2025-12-13 01:06:30"), at("2025-12-13 02:15:00"), 30, 60):
+    serve_ok(e44, at("2025-12-13 01:06:30.412"))
+    for t in every(rng, at("2025-12-13 01:06:31"), at("2025-12-13 02:15:00"), 30, 60):
         serve_ok(e44, t)
     noise(e44, at("2025-12-13 01:32:10.664"), "scanner")
     noise(e44, at("2025-12-13 01:51:37.120"), "hmac")

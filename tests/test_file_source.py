@@ -231,6 +231,15 @@ def test_broken_entry_in_a_big_file_does_not_buffer_the_rest(tmp_path: Path) -> 
     assert source.peak_buffer_chars < 40 * 1024 < len(text)
 
 
+def test_trailing_comma_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([entry(1), entry(2)], indent=2)[:-2] + ",\n]\n")
+    got: list[LogEntry] = []
+    with pytest.raises(SourceError, match=r"a ',' after the last entry; all 2 entries"):
+        got.extend(FileSource(path).read(None, None, ReadStats()))
+    assert len(got) == 2
+
+
 def test_trailing_garbage_after_the_array_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "export.json"
     path.write_text(json.dumps([entry(1)]) + "\n[]\n")

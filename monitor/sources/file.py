@@ -273,6 +273,12 @@ class FileSource:
                 if c == ",":
                     buf.pos += 1
                     c = buf.peek()
+                    if c == "]":
+                        line, col = buf.where(buf.pos)
+                        raise SourceError(
+                            f"{self.path}: JSON syntax error at line {line}, column {col}: a ',' "
+                            f"after the last entry; all {n} entries before it were read"
+                        )
                     continue
                 if c == "]":
                     buf.pos += 1
