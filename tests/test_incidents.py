@@ -308,3 +308,16 @@ def test_same_observations_in_any_order_give_the_same_conclusions():
 def test_transition_kinds_cover_every_message_type():
     assert {k.value for k in TransitionKind} == {
         "opened", "regressed", "updated", "quiet_no_traffic", "resolved"}
+
+
+def test_migration_resolution_quotes_every_migration_the_run_applied():
+    obs: list[Observation] = [
+        MigrationEvent(at(1), SVC, "r43", "i3", MigrationOutcome.BLOCKED, BAD, "P3009"),
+        MigrationEvent(at(9), SVC, "r44", "i4", MigrationOutcome.APPLIED, BAD),
+        MigrationEvent(at(9), SVC, "r44", "i4", MigrationOutcome.APPLIED, FIX),
+        ok(10),
+    ]
+    incident = the_incident(run(obs, now=10), MIGRATION_SIGNAL)
+    assert incident.resolution_note == (
+        f"migrate deploy succeeded on r44, applying {BAD}, {FIX}")
+    assert incident.resolved_at == at(9)

@@ -35,7 +35,6 @@ from monitor.correlate.model import (
     IncidentKind,
     IncidentStatus,
     MigrationFailure,
-    MigrationRecord,
     RevisionFacts,
     Transition,
     TransitionKind,
@@ -155,8 +154,11 @@ def advance(
     period must end before it, or silence may only be data that has not arrived yet.
     """
     machine = _Machine(copy.deepcopy(state), rules)
+    last: datetime | None = None
     for obs in sorted(observations, key=lambda o: o.at):
-        machine.tick(obs.at, min(obs.at, complete_until))
+        if last is None or obs.at > last:  # all of one instant is folded before timers run
+            machine.tick(obs.at, min(obs.at, complete_until))
+            last = obs.at
         machine.observe(obs)
     machine.tick(now, complete_until)
     return Outcome(machine.state, machine.transitions)
@@ -299,19 +301,6 @@ class _Machine:
             self.note(ev.service, f"{where}: migration {ev.name} marked as rolled back")
         elif ev.outcome is MigrationOutcome.MARKED_APPLIED:
             self.note(ev.service, f"{where}: migration {ev.name} marked as applied")
-        if incident is not None and ev.outcome.run_succeeded and ev.at > incident.last_seen:
-            move(incident, Event.EVIDENCE)
-            incident.resolved_at = ev.at
-            incident.resolved_by = ev.revision
-            applied = [
-                m.name for m in self.facts(ev.service, ev.revision)
-                if m.outcome == MigrationOutcome.APPLIED and m.name
-            ]
-            incident.resolution_note = (
-                f"migrate deploy succeeded on {where}"
-                + (f", applying {', '.join(applied)}" if applied else "")
-            )
-            self.emit(TransitionKind.RESOLVED, incident, ev.at, incident.resolution_note)
 
     def deploy(self, ev: DeployEvent) -> None:
         name = ev.revision or "a new revision"
@@ -323,10 +312,6 @@ class _Machine:
         self.note(ev.service, text)
 
     # --- helpers -------------------------------------------------------------------------
-
-    def facts(self, service: str, revision: str | None) -> list[MigrationRecord]:
-        f = self.state.revisions.get((service, revision)) if revision else None
-        return list(f.migrations) if f else []
 
     def new_incident(self, service: str, signal: str, kind: IncidentKind, severity: str,
                      first: datetime, last: datetime, *, count: int,
@@ -396,9 +381,9 @@ class _Machine:
         for incident in list(self.state.incidents.values()):
             if incident.status is not IncidentStatus.OPEN:
                 continue
-            if incident.kind is IncidentKind.ERROR and self.try_resolve(
-                incident, now, complete_until
-            ):
+            resolve = (self.try_resolve if incident.kind is IncidentKind.ERROR
+                       else self.try_resolve_migration)
+            if resolve(incident, now, complete_until):
                 continue
             self.maybe_update(incident, now)
 
@@ -431,6 +416,31 @@ class _Machine:
                      else "; no deploy explains the recovery")
         incident.resolution_note = evidence
         self.emit(TransitionKind.RESOLVED, incident, incident.resolved_at, evidence)
+        return True
+
+    def try_resolve_migration(self, incident: Incident, now: datetime,
+                              complete_until: datetime) -> bool:
+        """Resolved by the first successful `migrate deploy` on the service after the failure.
+
+        Checked on the tick, not on the event, so that every migration the run applied (one
+        event each, same time) is folded before the confirmation quotes them.
+        """
+        runs = [
+            (m.at, facts) for facts in self.state.service_revisions(incident.service)
+            for m in facts.migrations
+            if MigrationOutcome(m.outcome).run_succeeded and incident.last_seen < m.at <= now
+        ]
+        if not runs:
+            return False
+        at, fix = min(runs, key=lambda run: run[0])
+        move(incident, Event.EVIDENCE)
+        incident.resolved_at = at
+        incident.resolved_by = fix.name
+        applied = [m.name for m in fix.migrations
+                   if m.outcome == MigrationOutcome.APPLIED and m.name and m.at == at]
+        incident.resolution_note = f"migrate deploy succeeded on {fix.name}" + (
+            f", applying {', '.join(applied)}" if applied else "")
+        self.emit(TransitionKind.RESOLVED, incident, at, incident.resolution_note)
         return True
 
     def maybe_update(self, incident: Incident, now: datetime) -> None:

@@ -96,8 +96,11 @@ class ConsoleNotifier:
             flags += f" links {for_terminal(message.link_thread_of)}{ts}"
         lines = [f"--- {message.action.value} {for_terminal(message.channel)}{where} "
                  f"[{for_terminal(message.key)}]{flags}",
-                 _indent_code(for_terminal(message.text)),
-                 *flatten(message.blocks, skip=message.text), ""]
+                 _indent_code(for_terminal(message.text))]
+        # An edit of the root repeats the alert with new figures: its summary line says enough.
+        if message.action is not Action.UPDATE_ROOT:
+            lines.extend(flatten(message.blocks, skip=message.text))
+        lines.append("")
         try:
             self._stream.write("\n".join(lines) + "\n")
             self._stream.flush()
