@@ -18,8 +18,9 @@ from monitor.classify import Classifier
 from monitor.classify.prisma import PrismaParser
 from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
-from monitor.correlate.incidents import Rules, State, advance
+from monitor.correlate.incidents import advance
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts, Transition
+from monitor.correlate.state import Rules, State
 from monitor.entries import LogEntry, format_time
 from monitor.notify.message import Message, Notifier
 from monitor.notify.outbox import Delivery, drain

@@ -22,13 +22,11 @@ from monitor.correlate.incidents import (
     Event,
     InvalidMove,
     Outcome,
-    Rules,
-    SignalRule,
-    State,
     advance,
     move,
 )
 from monitor.correlate.model import IncidentKind, IncidentStatus, TransitionKind
+from monitor.correlate.state import Rules, SignalRule, State
 
 T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
 SVC = "spector"

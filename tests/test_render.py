@@ -21,15 +21,9 @@ from monitor.correlate.model import (
     TransitionKind,
 )
 from monitor.notify.message import Action, Message
-from monitor.notify.render import (
-    MAX_BLOCKS,
-    escape,
-    logs_query,
-    render,
-    safe_text,
-    scrub,
-    truncate,
-)
+from monitor.notify.render import render
+from monitor.notify.safe import MAX_BLOCKS, escape, safe_text, scrub, truncate
+from monitor.queries import logs_query
 
 T0 = datetime(2025, 12, 4, 21, 3, tzinfo=UTC)
 CHANNEL = "#spector-alerts"

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.correlate.incidents import State
 from monitor.correlate.model import (
     Incident,
     IncidentKind,
@@ -15,6 +14,7 @@ from monitor.correlate.model import (
     MigrationRecord,
     RevisionFacts,
 )
+from monitor.correlate.state import State
 from monitor.notify.message import Action, Message, Thread
 from monitor.store import open_store
 from monitor.store.base import CycleRecord

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -28,7 +28,7 @@ from monitor.classify.observations import (
     Observation,
     RequestServed,
 )
-from monitor.config import Config, format_duration
+from monitor.config import format_duration
 from monitor.correlate import revisions as rev
 from monitor.correlate.model import (
     Incident,
@@ -39,6 +39,7 @@ from monitor.correlate.model import (
     Transition,
     TransitionKind,
 )
+from monitor.correlate.state import Rules, State
 
 MIGRATION_SIGNAL = "migration-failed"
 # Cloud Run logs a revision's Ready event a little after it starts taking traffic; the old
@@ -76,62 +77,6 @@ def move(incident: Incident, event: Event) -> None:
         raise InvalidMove(
             f"incident {incident.id}: no move from {incident.status.value!r} on {event.value!r}"
         ) from None
-
-
-@dataclass(frozen=True, slots=True)
-class SignalRule:
-    severity: str
-    open_after: int
-    window: timedelta
-    resolve_after: timedelta
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    signals: dict[str, SignalRule]
-    update_every: timedelta
-    migration_severity: str = "critical"
-
-    @classmethod
-    def from_config(cls, config: Config) -> Rules:
-        return cls(
-            signals={
-                s.name: SignalRule(s.severity, s.open_after, s.window, s.resolve_after)
-                for s in config.signals
-            },
-            update_every=config.slack.update_every,
-        )
-
-
-Pending = tuple[datetime, str | None, str]  # (at, revision, sample) of a match below threshold
-
-
-@dataclass
-class State:
-    """Everything correlate remembers between cycles; the store persists it as it is."""
-
-    revisions: dict[rev.RevisionKey, RevisionFacts] = field(default_factory=dict)
-    incidents: dict[str, Incident] = field(default_factory=dict)
-    pending: dict[tuple[str, str], list[Pending]] = field(default_factory=dict)
-    request_services: set[str] = field(default_factory=set)
-
-    def open_incident(self, service: str, signal: str) -> Incident | None:
-        for incident in self.incidents.values():
-            if (incident.service, incident.signal, incident.status) == (
-                service, signal, IncidentStatus.OPEN
-            ):
-                return incident
-        return None
-
-    def last_resolved(self, service: str, signal: str) -> Incident | None:
-        found = [
-            i for i in self.incidents.values()
-            if (i.service, i.signal, i.status) == (service, signal, IncidentStatus.RESOLVED)
-        ]
-        return max(found, key=lambda i: i.first_seen, default=None)
-
-    def service_revisions(self, service: str) -> list[RevisionFacts]:
-        return [f for (s, _), f in self.revisions.items() if s == service]
 
 
 @dataclass(frozen=True, slots=True)

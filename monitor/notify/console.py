@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from monitor.notify.message import Action, DeliveryError, Message, Thread
-from monitor.notify.render import clean
+from monitor.notify.safe import clean
 
 _LINK = re.compile(r"<(https?://[^|>\s]+)\|([^>]*)>")
 _CODE_BLOCK = re.compile(r"```(.*?)```", re.S)

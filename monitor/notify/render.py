@@ -19,9 +19,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
-from monitor.config import mask_url
 from monitor.correlate.model import (
     Incident,
     IncidentKind,
@@ -31,93 +29,23 @@ from monitor.correlate.model import (
     TransitionKind,
 )
 from monitor.notify.message import Action, Message
+from monitor.notify.safe import (
+    MAX_BLOCKS,
+    MAX_FIELD,
+    MAX_HEADER,
+    MAX_SAMPLE,
+    MAX_SECTION,
+    MAX_TEXT,
+    code,
+    safe_text,
+    truncate,
+)
+from monitor.queries import logs_query, logs_url
 
-MAX_TEXT = 3000  # chat.postMessage `text`
-MAX_SECTION = 3000  # a section's text
-MAX_FIELD = 2000  # a section field
-MAX_HEADER = 150  # a header block's plain text
-MAX_BLOCKS = 50
-MAX_SAMPLE = 500  # the one sample line shown
 MAX_LIST = 20  # revisions, migrations or changes listed before "and N more"
 LOGS_MARGIN = timedelta(minutes=5)  # around the incident, for the Logs Explorer time range
 
-# --- making untrusted text safe ---------------------------------------------------------------
-
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-# C0 except \t and \n, DEL, C1, lone surrogates, and bidi overrides (text that reads differently
-# from how it is stored).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
-_SLACK_TOKEN = re.compile(r"\b(xox[abposr]|xapp)-[A-Za-z0-9-]+")
-_WEBHOOK = re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/_-]+")
-_BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9._~+/=-]+", re.I)
-_KEY_VALUE = re.compile(
-    r"""\b(\w*(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token))(["']?\s*[=:]\s*)"""
-    r"""("[^"]*"|'[^']*'|[^\s"',;&]+)""",
-    re.I,
-)
-# Scrubbing regexes may be slow on huge lines; cut well past any limit first. The cut lies far
-# beyond where the final truncation ends, so a secret split by it is never shown.
-_PRECUT = 2 * MAX_SECTION
-_GRAVE = "\u02cb"  # modifier letter grave accent: looks like a backtick, is not markup
-
-
-def clean(text: str) -> str:
-    """Strip ANSI sequences, control characters and invalid code points; tabs become spaces."""
-    return _CONTROL.sub("", _ANSI.sub("", text)).replace("\t", "    ")
-
-
-def scrub(text: str) -> str:
-    """Mask secrets a log line may carry: URL passwords, Slack tokens, bearer tokens, passwords."""
-    text = mask_url(text)
-    text = _SLACK_TOKEN.sub(lambda m: f"{m[1]}-***", text)
-    text = _WEBHOOK.sub(r"\1***", text)
-    text = _BEARER.sub(r"\1 ***", text)
-    return _KEY_VALUE.sub(_mask_value, text)
-
-
-def _mask_value(m: re.Match[str]) -> str:
-    quote_ = m[3][0] if m[3][:1] in ("'", '"') else ""
-    return f"{m[1]}{m[2]}{quote_}***{quote_}"
-
-
-def escape(text: str) -> str:
-    """Slack's three control characters; after this, log text cannot form markup."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def truncate(text: str, limit: int) -> str:
-    """Cut to `limit` characters with an ellipsis, never through an `&amp;`-style entity."""
-    if len(text) <= limit:
-        return text
-    cut = text[: max(limit - 1, 0)]
-    amp = cut.rfind("&", max(len(cut) - 5, 0))
-    if amp != -1 and ";" not in cut[amp:]:
-        cut = cut[:amp]
-    return cut + "…"
-
-
-def safe_text(text: str, limit: int = MAX_SECTION, *, code: bool = False,
-              one_line: bool = False) -> str:
-    """Untrusted text, ready for mrkdwn: cleaned, scrubbed, escaped, truncated.
-
-    `code` neutralises backticks so the text cannot close the code span around it; `one_line`
-    folds newlines for summaries and fields.
-    """
-    text = scrub(clean(text[:_PRECUT]))
-    if one_line:
-        text = " ".join(text.split())
-    text = escape(text)
-    if code:
-        text = text.replace("`", _GRAVE)
-    return truncate(text, limit)
-
-
-def code(text: str, limit: int = 200) -> str:
-    """Inline code for a short untrusted value (a revision or migration name)."""
-    return f"`{safe_text(text, limit, code=True, one_line=True)}`"
-
-
-# --- times, queries, links --------------------------------------------------------------------
+# --- times and links --------------------------------------------------------------------
 
 
 def fmt_time(t: datetime | None) -> str:
@@ -133,39 +61,6 @@ def fmt_duration(d: timedelta) -> str:
     hours, minutes = divmod(rest, 60)
     parts = [(days, "d"), (hours, "h"), (minutes, "m")]
     return " ".join(f"{value}{unit}" for value, unit in parts if value)
-
-
-def _q(value: str) -> str:
-    """A string literal of the Logging query language."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def logs_query(service: str, pattern: str | None, revision: str | None = None) -> str:
-    """The Cloud Logging filter for a service's lines matching a signal (and one revision).
-
-    Uppercase AND/OR only: lowercase `and` is a search term (FACTS.md). The pattern is matched
-    against textPayload and jsonPayload.message, the two places the classifier reads text from.
-    """
-    parts = ['resource.type="cloud_run_revision"', f"resource.labels.service_name={_q(service)}"]
-    if revision:
-        parts.append(f"resource.labels.revision_name={_q(revision)}")
-    if pattern:
-        parts.append(f"(textPayload=~{_q(pattern)} OR jsonPayload.message=~{_q(pattern)})")
-    return " AND ".join(parts)
-
-
-def _rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def logs_url(query: str, start: datetime, end: datetime, project: str | None) -> str:
-    """A Logs Explorer link; everything is percent-encoded so `|` or `>` cannot end the link."""
-    url = (
-        "https://console.cloud.google.com/logs/query;query="
-        f"{quote(query, safe='')};timeRange={quote(_rfc3339(start), safe='')}%2F"
-        f"{quote(_rfc3339(end), safe='')}"
-    )
-    return f"{url}?project={quote(project, safe='')}" if project else url
 
 
 def link(url: str, label: str) -> str:

@@ -24,7 +24,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
 
 from monitor.notify.message import Action, DeliveryError, Message, Thread
-from monitor.notify.render import MAX_BLOCKS, context, link, safe_text, scrub
+from monitor.notify.render import context, link
+from monitor.notify.safe import MAX_BLOCKS, safe_text, scrub
 
 METADATA_EVENT = "monitor_message"  # event_type of the metadata on every post
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from monitor.correlate.incidents import State
+from monitor.correlate.state import State
 from monitor.notify.message import Message, Thread
 
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.correlate.incidents import State
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
+from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.store.base import CycleRecord, Queued

@@ -1,0 +1,70 @@
+"""What correlate remembers between cycles (State) and the rules it applies (Rules).
+
+Rules: plain values; the store persists State as it is, and Rules is derived from the config once
+per cycle, so the state machine never reads the config itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from monitor.config import Config
+from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
+from monitor.correlate.revisions import RevisionKey
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRule:
+    severity: str
+    open_after: int
+    window: timedelta
+    resolve_after: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    signals: dict[str, SignalRule]
+    update_every: timedelta
+    migration_severity: str = "critical"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Rules:
+        return cls(
+            signals={
+                s.name: SignalRule(s.severity, s.open_after, s.window, s.resolve_after)
+                for s in config.signals
+            },
+            update_every=config.slack.update_every,
+        )
+
+
+Pending = tuple[datetime, str | None, str]  # (at, revision, sample) of a match below threshold
+
+
+@dataclass
+class State:
+    """Everything correlate remembers between cycles; the store persists it as it is."""
+
+    revisions: dict[RevisionKey, RevisionFacts] = field(default_factory=dict)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    pending: dict[tuple[str, str], list[Pending]] = field(default_factory=dict)
+    request_services: set[str] = field(default_factory=set)
+
+    def open_incident(self, service: str, signal: str) -> Incident | None:
+        for incident in self.incidents.values():
+            if (incident.service, incident.signal, incident.status) == (
+                service, signal, IncidentStatus.OPEN
+            ):
+                return incident
+        return None
+
+    def last_resolved(self, service: str, signal: str) -> Incident | None:
+        found = [
+            i for i in self.incidents.values()
+            if (i.service, i.signal, i.status) == (service, signal, IncidentStatus.RESOLVED)
+        ]
+        return max(found, key=lambda i: i.first_seen, default=None)
+
+    def service_revisions(self, service: str) -> list[RevisionFacts]:
+        return [f for (s, _), f in self.revisions.items() if s == service]
