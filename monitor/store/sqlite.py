@@ -32,9 +32,7 @@ MIGRATIONS: list[str] = [
         signal TEXT NOT NULL,
         status TEXT NOT NULL,
         first_seen TEXT NOT NULL,
-        data TEXT NOT NULL,
-        slack_channel TEXT,
-        slack_ts TEXT
+        data TEXT NOT NULL
     );
     CREATE INDEX incidents_open ON incidents (status, service, signal);
     CREATE TABLE revisions (
@@ -42,6 +40,11 @@ MIGRATIONS: list[str] = [
         name TEXT NOT NULL,
         data TEXT NOT NULL,
         PRIMARY KEY (service, name)
+    );
+    CREATE TABLE threads (
+        incident_id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        ts TEXT NOT NULL
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE checkpoints (unit TEXT PRIMARY KEY, position TEXT NOT NULL);
@@ -221,11 +224,9 @@ class SQLiteStore:
 
     def thread(self, incident_id: str) -> Thread | None:
         row = self._db.execute(
-            "SELECT slack_channel, slack_ts FROM incidents WHERE id = ?", (incident_id,)
+            "SELECT channel, ts FROM threads WHERE incident_id = ?", (incident_id,)
         ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        return Thread(channel=row[0], ts=row[1])
+        return Thread(channel=row[0], ts=row[1]) if row else None
 
     def mark_sent(self, queued: Queued, thread: Thread) -> None:
         with self._tx() as db:
@@ -236,8 +237,8 @@ class SQLiteStore:
             )
             if queued.message.action is Action.POST_ROOT:
                 db.execute(
-                    "UPDATE incidents SET slack_channel = ?, slack_ts = ? WHERE id = ?",
-                    (thread.channel, thread.ts, queued.message.incident_id),
+                    "INSERT OR REPLACE INTO threads (incident_id, channel, ts) VALUES (?, ?, ?)",
+                    (queued.message.incident_id, thread.channel, thread.ts),
                 )
 
     def mark_failed(self, queued: Queued, error: str) -> None:
