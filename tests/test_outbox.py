@@ -1,4 +1,4 @@
-"""Outbox draining: in order per incident, a failure blocks only its own incident's later messages."""
+"""Outbox draining: in order per incident; a failure holds back only its own incident."""
 
 from __future__ import annotations
 
