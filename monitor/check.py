@@ -18,6 +18,7 @@ from monitor.classify import Classifier
 from monitor.classify.prisma import PrismaParser
 from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
+from monitor.correlate.health import source_health
 from monitor.correlate.incidents import advance
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts, Transition
 from monitor.correlate.state import Rules, State
@@ -25,16 +26,10 @@ from monitor.entries import LogEntry, format_time
 from monitor.notify.message import Message, Notifier
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
-from monitor.sources.base import ReadStats, Source
+from monitor.sources.base import Checkpoint, ReadStats, Source, SourceError, Window
 from monitor.store.base import CycleRecord, Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    start: datetime | None  # None: from the beginning of the source (a replayed export)
-    end: datetime
 
 
 @dataclass
@@ -47,6 +42,7 @@ class CycleResult:
     stats: ReadStats
     delivery: Delivery = field(default_factory=Delivery)
     dry_run: bool = False
+    error: str | None = None  # the read failed: nothing was concluded from this cycle
 
     @property
     def open_incidents(self) -> list[Incident]:
@@ -85,32 +81,57 @@ def _render(config: Config, transition: Transition, project: str | None) -> list
                   pattern=signal.match.pattern if signal is not None else None)
 
 
-def read_window(
-    store: Store,
-    unit: str,
+# A live read starts this much before the checkpoint in ingestion time: an entry received just
+# before the previous read's end may not have been listable yet. Deduplication absorbs the overlap.
+RECEIVE_OVERLAP = timedelta(minutes=1)
+
+
+def plan_window(
+    checkpoint: Checkpoint | None,
     now: datetime,
     *,
     since: timedelta | None,
     default_lookback: timedelta | None,
     max_lateness: timedelta,
 ) -> Window:
-    """Where this cycle starts reading.
+    """What this cycle reads, from where the last one stopped.
 
-    From the checkpoint minus `max_lateness`, so late entries are still seen (and deduplicated by
-    key). `--since` may reach further back only for a store that has no checkpoint yet: entries
-    older than the dedupe memory would otherwise be counted twice.
+    By ingestion time (`receiveTimestamp`) from the checkpoint, so an entry that arrives late is
+    read in the cycle that follows its arrival; by event time no further back than
+    `max_lateness`. `--since` reaches further back only for a store with no checkpoint yet:
+    entries older than the dedupe memory would otherwise be counted twice. A read cut short by
+    the budget is finished, in order, before the window moves on.
     """
-    checkpoint = store.checkpoint(unit)
-    floor = checkpoint - max_lateness if checkpoint is not None else None
-    if since is not None:
-        start: datetime | None = now - since
-    elif floor is not None:
-        start = floor
-    else:
-        start = now - default_lookback if default_lookback is not None else None
-    if floor is not None and (start is None or start < floor):
-        start = floor
-    return Window(start, now)
+    if checkpoint is None:
+        if since is not None:
+            start: datetime | None = now - since
+        else:
+            start = now - default_lookback if default_lookback is not None else None
+        return Window(start=start, end=now, received_before=now)
+    floor = checkpoint.until - max_lateness
+    received_after = checkpoint.until - RECEIVE_OVERLAP
+    if checkpoint.cursor is not None and checkpoint.window_end is not None:
+        return Window(start=max(checkpoint.cursor, floor), end=checkpoint.window_end,
+                      received_after=received_after, received_before=checkpoint.window_end)
+    start = floor if since is None else max(now - since, floor)
+    return Window(start=start, end=now, received_after=received_after, received_before=now)
+
+
+def next_checkpoint(window: Window, stats: ReadStats, now: datetime,
+                    previous: Checkpoint | None) -> Checkpoint:
+    until = window.received_before or now
+    if stats.cut_at is None:
+        return Checkpoint(until=until)
+    base = previous.until if previous is not None else (window.start or stats.cut_at)
+    return Checkpoint(until=base, cursor=stats.cut_at, window_end=until)
+
+
+def complete_until(source: Source, window: Window, stats: ReadStats, now: datetime,
+                   max_lateness: timedelta) -> datetime:
+    """No entry stamped before this can still arrive: quiet periods must end before it."""
+    end = window.end or now
+    complete = end - max_lateness if source.live else end
+    return min(complete, stats.cut_at) if stats.cut_at is not None else complete
 
 
 def fresh_entries(store: Store, entries: Iterator[LogEntry]) -> list[LogEntry]:
@@ -132,44 +153,82 @@ def run_cycle(
     services: Iterable[str],
     project: str | None,
     now: datetime,
-    complete_until: datetime,
     since: timedelta | None = None,
     default_lookback: timedelta | None = None,
     dry_run: bool = False,
 ) -> CycleResult:
     lateness = config.poll.max_lateness
-    window = read_window(store, unit, now, since=since, default_lookback=default_lookback,
+    checkpoint = store.checkpoint(unit)
+    window = plan_window(checkpoint, now, since=since, default_lookback=default_lookback,
                          max_lateness=lateness)
     stats = ReadStats()
-    # 1. read what has not been seen
-    entries = fresh_entries(store, source.read(window.start, window.end, stats))
+    state = store.load_state()
+    try:
+        # 1. read what has not been seen
+        entries = fresh_entries(store, source.read(window, stats))
+    except SourceError as exc:
+        return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
+                            window=window, stats=stats, error=exc, dry_run=dry_run)
+    health = source_health(state, unit=unit, ok=True, reason="", now=now,
+                           failures_before_alert=config.source.failures_before_alert)
     # 2. classify: entries -> observations
     observations = build_classifier(config, services).classify(entries)
     # 3. correlate: state + observations -> state', transitions (pure, event time)
-    outcome = advance(store.load_state(), observations, now=now,
-                      complete_until=complete_until, rules=Rules.from_config(config))
+    outcome = advance(health.state, observations, now=now,
+                      complete_until=complete_until(source, window, stats, now, lateness),
+                      rules=Rules.from_config(config))
+    transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
-    messages = [m for t in outcome.transitions for m in _render(config, t, project)]
-    result = CycleResult(now, window, outcome.state, outcome.transitions, messages, stats,
+    messages = [m for t in transitions for m in _render(config, t, project)]
+    result = CycleResult(now, window, outcome.state, transitions, messages, stats,
                          dry_run=dry_run)
     if dry_run:
         return result
     # 5. commit state, dedupe keys, checkpoint and outbox in one transaction
     store.commit_cycle(outcome.state, CycleRecord(
         unit=unit,
-        checkpoint=now,
+        checkpoint=next_checkpoint(window, stats, now, checkpoint),
         seen={e.key: e.timestamp for e in entries},
-        # the next read starts at now - lateness; keep twice that for a clock that steps back
-        forget_before=now - 2 * lateness,
+        # the next read starts at until - lateness; keep twice that for a clock that steps back
+        forget_before=(window.received_before or now) - 2 * lateness,
         messages=messages,
-        summary={
-            "checked_at": format_time(now),
-            "entries_read": stats.entries_read,
-            "entries_skipped": stats.entries_skipped,
-            "api_requests": stats.api_requests,
-            "transitions": len(outcome.transitions),
-        },
+        summary=_summary(now, stats, len(transitions), None),
     ))
     # 6. deliver what is queued (this cycle's and any left by an earlier failure), in order
     result.delivery = drain(store, notifier)
+    return result
+
+
+def _summary(now: datetime, stats: ReadStats, transitions: int,
+             error: str | None) -> dict[str, object]:
+    return {
+        "checked_at": format_time(now),
+        "ok": error is None,
+        "error": error,
+        "entries_read": stats.entries_read,
+        "entries_skipped": stats.entries_skipped,
+        "api_requests": stats.api_requests,
+        "cut_at": format_time(stats.cut_at),
+        "transitions": transitions,
+    }
+
+
+def _failed_read(config: Config, store: Store, notifier: Notifier, state: State, *, unit: str,
+                 project: str | None, now: datetime, window: Window, stats: ReadStats,
+                 error: SourceError, dry_run: bool) -> CycleResult:
+    """The read failed: nothing read is used, the checkpoint stays, the failure is counted.
+
+    Entries yielded before the failure are dropped rather than half-used: the next cycle reads
+    them again from the unchanged checkpoint, so nothing is skipped and nothing counted twice.
+    """
+    health = source_health(state, unit=unit, ok=False, reason=str(error), now=now,
+                           failures_before_alert=config.source.failures_before_alert)
+    messages = [m for t in health.transitions for m in _render(config, t, project)]
+    result = CycleResult(now, window, health.state, health.transitions, messages, stats,
+                         dry_run=dry_run, error=str(error))
+    if not dry_run:
+        store.commit_cycle(health.state, CycleRecord(
+            unit=unit, checkpoint=None, seen={}, forget_before=None, messages=messages,
+            summary=_summary(now, stats, len(health.transitions), str(error))))
+        result.delivery = drain(store, notifier)
     return result

@@ -123,16 +123,14 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     results: list[CycleResult] = []
     try:
         for unit in config.units:
-            file_source = isinstance(source, FileSource)
             results.append(run_cycle(
                 config, store, source, notifier,
                 unit=unit.project or "default",
                 services=unit.services,
                 project=unit.project,
                 now=now_,
-                complete_until=now_ if file_source else now_ - config.poll.max_lateness,
                 since=since,
-                default_lookback=None if file_source else config.poll.first_lookback,
+                default_lookback=config.poll.first_lookback if source.live else None,
                 dry_run=dry_run,
             ))
     except (SourceError, DeliveryError) as exc:
@@ -148,6 +146,9 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
         click.echo(json.dumps(result_json(result), indent=2))
     else:
         click.echo(result_text(result))
+    failed = [r.error for r in results if r.error]
+    if failed:
+        _fail(EXIT_INCOMPLETE, f"check could not complete: {failed[0]}")
     if any(not r.delivery.ok for r in results):
         _fail(EXIT_INCOMPLETE, "some notifications could not be delivered; they stay queued")
     sys.exit(EXIT_OPEN if result.open_incidents else EXIT_OK)

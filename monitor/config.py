@@ -90,6 +90,14 @@ class SourceConfig(_Model):
     transport: Literal["grpc", "rest"] = "grpc"
     api_endpoint: str | None = None
     path: Path | None = None
+    # Cloud Logging allows about 60 read requests a minute per project; stay well inside it.
+    max_requests_per_minute: Annotated[int, Field(ge=1, le=600)] = 30
+    # Pages (of 1,000 entries) one cycle may read; a larger backlog is read over later cycles.
+    max_pages_per_cycle: Annotated[int, Field(ge=1)] = 20
+    # Request logs can be most of the volume: read this fraction of them (sample(insertId, f)).
+    request_sample: Annotated[float, Field(gt=0, le=1)] = 1.0
+    timeout: Duration = timedelta(seconds=30)  # per request; retries stay inside the cycle
+    failures_before_alert: Annotated[int, Field(ge=1)] = 3  # failed cycles before "cannot read"
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> SourceConfig:

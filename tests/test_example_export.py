@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from monitor.entries import EntryKind, LogEntry
-from monitor.sources.base import ReadStats
+from monitor.sources.base import ReadStats, Window
 from monitor.sources.file import FileSource
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -50,7 +50,7 @@ def load_generator() -> ModuleType:
 @pytest.fixture(scope="module")
 def entries() -> list[LogEntry]:
     stats = ReadStats()
-    got = list(FileSource(EXPORT).read(None, None, stats))
+    got = list(FileSource(EXPORT).read(Window(), stats))
     assert stats.entries_skipped == 0
     assert stats.entries_read == len(got)
     return got

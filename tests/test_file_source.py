@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from monitor.entries import EntryKind, LogEntry
-from monitor.sources.base import ReadStats, Source, SourceError
+from monitor.sources.base import ReadStats, Source, SourceError, Window
 from monitor.sources.file import FileSource
 
 T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
@@ -56,12 +56,12 @@ def read_all(
     source: FileSource, start: datetime | None = None, end: datetime | None = None
 ) -> tuple[list[LogEntry], ReadStats]:
     stats = ReadStats()
-    return list(source.read(start, end, stats)), stats
+    return list(source.read(Window(start, end), stats)), stats
 
 
 def test_file_source_satisfies_the_source_protocol(tmp_path: Path) -> None:
     source: Source = FileSource(write_array(tmp_path / "a.json", []))
-    assert list(source.read(None, None, ReadStats())) == []
+    assert list(source.read(Window(), ReadStats())) == []
 
 
 def test_reads_a_pretty_printed_gcloud_array_in_file_order(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ def test_truncated_array_yields_what_came_before_then_raises(tmp_path: Path) -> 
     got: list[str] = []
     stats = ReadStats()
     with pytest.raises(SourceError) as info:
-        for e in FileSource(path, chunk_size=256).read(None, None, stats):
+        for e in FileSource(path, chunk_size=256).read(Window(), stats):
             got.append(e.insert_id)
     assert got == [f"id{i:06d}" for i in range(1, 7)]
     assert stats.entries_read == 6
@@ -199,7 +199,7 @@ def test_array_without_closing_bracket_raises_after_the_last_entry(tmp_path: Pat
     path.write_text(json.dumps([entry(1), entry(2)], indent=2)[:-1])
     got: list[LogEntry] = []
     with pytest.raises(SourceError, match=r"cut off after entry 2"):
-        got.extend(FileSource(path).read(None, None, ReadStats()))
+        got.extend(FileSource(path).read(Window(), ReadStats()))
     assert len(got) == 2
 
 
@@ -211,7 +211,7 @@ def test_syntax_error_between_entries_names_its_line(tmp_path: Path) -> None:
     path.write_text(broken)
     got: list[LogEntry] = []
     with pytest.raises(SourceError) as info:
-        got.extend(FileSource(path).read(None, None, ReadStats()))
+        got.extend(FileSource(path).read(Window(), ReadStats()))
     assert len(got) == 1
     line = broken[:second].count("\n") + 1
     assert f"after entry 1 at line {line}, column 3: expected ',' or ']'" in str(info.value)
@@ -226,7 +226,7 @@ def test_broken_entry_in_a_big_file_does_not_buffer_the_rest(tmp_path: Path) -> 
     source = FileSource(path, chunk_size=1024, max_entry_chars=16 * 1024)
     got: list[LogEntry] = []
     with pytest.raises(SourceError, match=r"entry 11 .*line \d+, column \d+"):
-        got.extend(source.read(None, None, ReadStats()))
+        got.extend(source.read(Window(), ReadStats()))
     assert len(got) == 10
     assert source.peak_buffer_chars < 40 * 1024 < len(text)
 
@@ -236,7 +236,7 @@ def test_trailing_comma_is_reported_at_once(tmp_path: Path) -> None:
     path.write_text(json.dumps([entry(1), entry(2)], indent=2)[:-2] + ",\n]\n")
     got: list[LogEntry] = []
     with pytest.raises(SourceError, match=r"a ',' after the last entry; all 2 entries"):
-        got.extend(FileSource(path).read(None, None, ReadStats()))
+        got.extend(FileSource(path).read(Window(), ReadStats()))
     assert len(got) == 2
 
 
@@ -245,7 +245,7 @@ def test_trailing_garbage_after_the_array_is_an_error(tmp_path: Path) -> None:
     path.write_text(json.dumps([entry(1)]) + "\n[]\n")
     got: list[LogEntry] = []
     with pytest.raises(SourceError, match=r"after the end of the JSON array"):
-        got.extend(FileSource(path).read(None, None, ReadStats()))
+        got.extend(FileSource(path).read(Window(), ReadStats()))
     assert len(got) == 1
 
 
@@ -271,7 +271,7 @@ def test_large_file_is_streamed_with_bounded_memory(tmp_path: Path) -> None:
     source = FileSource(path, chunk_size=chunk)
     count = 0
     stats = ReadStats()
-    for e in source.read(None, None, stats):
+    for e in source.read(Window(), stats):
         count += 1
         assert e.insert_id == f"id{count - 1:06d}"
     assert count == stats.entries_read == n

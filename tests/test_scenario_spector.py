@@ -96,7 +96,8 @@ def test_stats(replay):
     assert replay["stats"]["api_requests"] == 0
 
 
-def test_demo_text_tells_the_story():
+def test_demo_text_tells_the_story(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo keeps its state in ./.monitor
     result = CliRunner().invoke(main, ["once", "--config", str(EXAMPLES / "config.yaml"),
                                        "--dry-run"])
     assert result.exit_code == 0, result.output

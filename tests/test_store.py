@@ -16,6 +16,7 @@ from monitor.correlate.model import (
 )
 from monitor.correlate.state import State
 from monitor.notify.message import Action, Message, Thread
+from monitor.sources.base import Checkpoint
 from monitor.store import open_store
 from monitor.store.base import CycleRecord
 from monitor.store.sqlite import MIGRATIONS, SQLiteStore
@@ -60,7 +61,8 @@ def message(n: int, action=Action.POST_ROOT, incident_id="inc") -> Message:
                    channel="#alerts", text=f"message {n}")
 
 
-def record(messages=(), checkpoint=T0, seen=None, forget_before=None) -> CycleRecord:
+def record(messages=(), checkpoint=Checkpoint(T0), seen=None,
+           forget_before=None) -> CycleRecord:
     return CycleRecord(unit="spector-prod", checkpoint=checkpoint, seen=seen or {},
                        forget_before=forget_before, messages=list(messages),
                        summary={"checked_at": "x"})
@@ -74,8 +76,13 @@ def test_state_round_trips(store):
     assert loaded.revisions == original.revisions
     assert loaded.pending == original.pending
     assert loaded.request_services == {"spector"}
-    assert store.checkpoint("spector-prod") == T0
+    assert store.checkpoint("spector-prod") == Checkpoint(T0)
     assert store.checkpoint("other-unit") is None
+    cut = Checkpoint(T0, cursor=T0 + timedelta(minutes=3), window_end=T0 + timedelta(minutes=9))
+    store.commit_cycle(original, record(checkpoint=cut))
+    assert store.checkpoint("spector-prod") == cut
+    store.commit_cycle(original, record(checkpoint=None))  # a failed read leaves it alone
+    assert store.checkpoint("spector-prod") == cut
     assert store.last_cycle() == {"checked_at": "x"}
 
 
@@ -125,12 +132,13 @@ def test_mark_sent_records_the_thread_of_a_root(store):
 
 
 def test_a_failed_commit_changes_nothing(store, monkeypatch):
-    store.commit_cycle(State(), record(checkpoint=T0))
+    store.commit_cycle(State(), record(checkpoint=Checkpoint(T0)))
     bad = state()
     bad.incidents["x"] = "not an incident"  # type: ignore[assignment]
     with pytest.raises(AttributeError):  # any failure mid-transaction
-        store.commit_cycle(bad, record([message(1)], checkpoint=T0 + timedelta(hours=1)))
-    assert store.checkpoint("spector-prod") == T0
+        store.commit_cycle(bad, record([message(1)],
+                                       checkpoint=Checkpoint(T0 + timedelta(hours=1))))
+    assert store.checkpoint("spector-prod") == Checkpoint(T0)
     assert store.queued() == []
     assert store.load_state().incidents == {}
 

@@ -326,6 +326,8 @@ class _Machine:
         for incident in list(self.state.incidents.values()):
             if incident.status is not IncidentStatus.OPEN:
                 continue
+            if incident.kind is IncidentKind.SOURCE:
+                continue  # about the monitor, not the logs: health.py decides it
             resolve = (self.try_resolve if incident.kind is IncidentKind.ERROR
                        else self.try_resolve_migration)
             if resolve(incident, now, complete_until):

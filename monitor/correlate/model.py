@@ -106,6 +106,7 @@ class IncidentStatus(StrEnum):
 class IncidentKind(StrEnum):
     ERROR = "error"  # a configured error signature matched
     MIGRATION = "migration"  # the migration tool failed on the service
+    SOURCE = "source"  # the monitor itself cannot read the logs of a project
 
 
 @dataclass(slots=True)

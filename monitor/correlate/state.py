@@ -50,6 +50,7 @@ class State:
     incidents: dict[str, Incident] = field(default_factory=dict)
     pending: dict[tuple[str, str], list[Pending]] = field(default_factory=dict)
     request_services: set[str] = field(default_factory=set)
+    source_failures: dict[str, int] = field(default_factory=dict)  # unit -> failed cycles in a row
 
     def open_incident(self, service: str, signal: str) -> Incident | None:
         for incident in self.incidents.values():

@@ -5,8 +5,12 @@ only a contract. `check.py` depends on this contract alone, so a scenario replay
 the same scenario read from production go through exactly the same code after the source.
 
 Contract of `read`:
-- yields `LogEntry` values (built with `monitor.entries.from_json`) whose timestamp is within
-  `start <= timestamp <= end` (`None` = unbounded);
+- yields `LogEntry` values whose timestamp is within `window.start <= timestamp <= window.end`
+  (`None` = unbounded) and, for a live source, that were received within
+  `window.received_after <= receiveTimestamp < window.received_before`;
+- a live source may stop early when its request budget for the cycle is spent: it then sets
+  `stats.cut_at` to the timestamp of the last entry it yielded, having yielded every entry of the
+  window up to that timestamp (reads are in timestamp order);
 - a malformed entry is never fatal: it is counted in `stats.entries_skipped`, logged, and skipped;
 - a failure that makes the rest of the data unreadable (missing file, broken JSON, API error) raises
   `SourceError`, after everything read before it has been yielded.
@@ -17,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from monitor.entries import LogEntry
+from monitor.entries import LogEntry, format_time, parse_time
 
 
 class SourceError(Exception):
@@ -33,11 +37,51 @@ class ReadStats:
     entries_read: int = 0  # well-formed entries read, inside or outside the time window
     entries_skipped: int = 0  # malformed entries counted and skipped
     api_requests: int = 0  # Cloud Logging API calls made; always 0 for files
+    cut_at: datetime | None = None  # the budget ran out after entries stamped up to here
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What one cycle reads: by event time, and for live sources by ingestion time too."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    received_after: datetime | None = None
+    received_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a unit of work has read, as the store keeps it.
+
+    `until`: every entry received (live sources) or stamped (files) before it has been read.
+    A read cut short by the request budget leaves `cursor` (the last timestamp read) and
+    `window_end` (the receive bound of that read), so the next cycle finishes the same window,
+    in order, before it moves on.
+    """
+
+    until: datetime
+    cursor: datetime | None = None
+    window_end: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"until": format_time(self.until), "cursor": format_time(self.cursor),
+                "window_end": format_time(self.window_end)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Checkpoint:
+        return cls(
+            until=parse_time(d["until"]),
+            cursor=parse_time(d["cursor"]) if d.get("cursor") else None,
+            window_end=parse_time(d["window_end"]) if d.get("window_end") else None,
+        )
 
 
 class Source(Protocol):
-    """Anything that yields normalised log entries for a time window."""
+    """Anything that yields normalised log entries for a window."""
 
-    def read(
-        self, start: datetime | None, end: datetime | None, stats: ReadStats
-    ) -> Iterator[LogEntry]: ...
+    # A live source is still being written to: entries may arrive up to `max_lateness` late, so
+    # its data is complete only up to the read's end minus that. A file is complete as it is.
+    live: bool
+
+    def read(self, window: Window, stats: ReadStats) -> Iterator[LogEntry]: ...

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from monitor.entries import LogEntry, MalformedEntry, from_json
-from monitor.sources.base import ReadStats, SourceError
+from monitor.sources.base import ReadStats, SourceError, Window
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,15 @@ class FileSource:
         # The most characters the decoder held at once in the last pass (diagnostics, tests).
         self.peak_buffer_chars = 0
 
-    def read(
-        self, start: datetime | None, end: datetime | None, stats: ReadStats
-    ) -> Iterator[LogEntry]:
-        """Entries with `start <= timestamp <= end` (None: unbounded), in file order."""
-        lo, hi = _utc(start), _utc(end)
+    live = False  # an export is complete: nothing more will arrive
+
+    def read(self, window: Window, stats: ReadStats) -> Iterator[LogEntry]:
+        """Entries with `start <= timestamp <= end` (None: unbounded), in file order.
+
+        Receive bounds are ignored: an export is read whole, and deduplication by key makes a
+        re-read harmless.
+        """
+        lo, hi = _utc(window.start), _utc(window.end)
         for entry in self._entries(stats, warn=True):
             if (lo is None or entry.timestamp >= lo) and (hi is None or entry.timestamp <= hi):
                 yield entry

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from monitor.correlate.state import State
 from monitor.notify.message import Message, Thread
+from monitor.sources.base import Checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,7 @@ class CycleRecord:
     """What one finished cycle writes besides the state."""
 
     unit: str
-    checkpoint: datetime | None  # everything up to here has been read, minus late arrivals
+    checkpoint: Checkpoint | None  # None: the read failed, the checkpoint stays where it was
     seen: dict[str, datetime]  # dedupe keys of entries read this cycle -> their timestamp
     forget_before: datetime | None  # dedupe keys older than this can no longer be re-read
     messages: list[Message]
@@ -41,7 +42,7 @@ class Queued:
 class Store(Protocol):
     def load_state(self) -> State: ...
 
-    def checkpoint(self, unit: str) -> datetime | None: ...
+    def checkpoint(self, unit: str) -> Checkpoint | None: ...
 
     def seen_keys(self, keys: list[str]) -> set[str]: ...
 

@@ -21,6 +21,7 @@ from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
+from monitor.sources.base import Checkpoint
 from monitor.store.base import CycleRecord, Queued
 
 MIGRATIONS: list[str] = [
@@ -47,7 +48,7 @@ MIGRATIONS: list[str] = [
         ts TEXT NOT NULL
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE checkpoints (unit TEXT PRIMARY KEY, position TEXT NOT NULL);
+    CREATE TABLE checkpoints (unit TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE seen (key TEXT PRIMARY KEY, ts TEXT NOT NULL);
     CREATE INDEX seen_ts ON seen (ts);
     CREATE TABLE outbox (
@@ -117,6 +118,7 @@ class SQLiteStore:
         meta = self._meta("correlate")
         if meta:
             state.request_services = set(meta.get("request_services", []))
+            state.source_failures = dict(meta.get("source_failures", {}))
             for key, items in meta.get("pending", {}).items():
                 service, signal = key.split("\x1f", 1)
                 state.pending[(service, signal)] = [
@@ -128,11 +130,9 @@ class SQLiteStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def checkpoint(self, unit: str) -> datetime | None:
-        row = self._db.execute(
-            "SELECT position FROM checkpoints WHERE unit = ?", (unit,)
-        ).fetchone()
-        return parse_time(row[0]) if row else None
+    def checkpoint(self, unit: str) -> Checkpoint | None:
+        row = self._db.execute("SELECT value FROM checkpoints WHERE unit = ?", (unit,)).fetchone()
+        return Checkpoint.from_json(json.loads(row[0])) if row else None
 
     def seen_keys(self, keys: list[str]) -> set[str]:
         found: set[str] = set()
@@ -165,6 +165,7 @@ class SQLiteStore:
             )
             correlate = {
                 "request_services": sorted(state.request_services),
+                "source_failures": state.source_failures,
                 "pending": {
                     f"{service}\x1f{signal}": [
                         (format_time(at), revision, sample) for at, revision, sample in items
@@ -175,9 +176,9 @@ class SQLiteStore:
             self._set_meta(db, "correlate", correlate)
             if record.checkpoint is not None:
                 db.execute(
-                    """INSERT INTO checkpoints (unit, position) VALUES (?, ?)
-                       ON CONFLICT (unit) DO UPDATE SET position = excluded.position""",
-                    (record.unit, format_time(record.checkpoint)),
+                    """INSERT INTO checkpoints (unit, value) VALUES (?, ?)
+                       ON CONFLICT (unit) DO UPDATE SET value = excluded.value""",
+                    (record.unit, json.dumps(record.checkpoint.to_json())),
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO seen (key, ts) VALUES (?, ?)",
