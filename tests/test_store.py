@@ -61,8 +61,10 @@ def message(n: int, action=Action.POST_ROOT, incident_id="inc") -> Message:
                    channel="#alerts", text=f"message {n}")
 
 
-def record(messages=(), checkpoint=Checkpoint(T0), seen=None,
-           forget_before=None) -> CycleRecord:
+AT_T0 = Checkpoint(T0)
+
+
+def record(messages=(), checkpoint=AT_T0, seen=None, forget_before=None) -> CycleRecord:
     return CycleRecord(unit="spector-prod", checkpoint=checkpoint, seen=seen or {},
                        forget_before=forget_before, messages=list(messages),
                        summary={"checked_at": "x"})
