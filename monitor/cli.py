@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TextIO
 import click
 import yaml
 
+from monitor import sources
 from monitor.check import CycleResult, run_cycle
 from monitor.config import Config, ConfigError, default_config_path, load_config, masked
 from monitor.config import parse_duration as _parse_duration
@@ -24,6 +25,7 @@ from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError, Notifier
 from monitor.output import result_json, result_text
 from monitor.sources.base import Source, SourceError
+from monitor.sources.cloud_logging import CredentialsError
 from monitor.sources.file import FileSource
 from monitor.store import open_store
 
@@ -79,14 +81,6 @@ def _notifier(config: Config, stream: TextIO) -> Notifier:
     return SlackNotifier(config.slack.token, base_url=config.slack.base_url)
 
 
-def _source(config: Config) -> Source:
-    if config.source.type == "file":
-        assert config.source.path is not None
-        return FileSource(config.source.path)
-    _fail(EXIT_USAGE, "source.type: cloud_logging is not available in this version yet; "
-                      "use type: file with a `gcloud logging read --format=json` export")
-
-
 config_option = click.option(
     "--config", "config_path", metavar="PATH",
     help="config file (default: $MONITOR_CONFIG, else ./config.yaml)",
@@ -112,27 +106,27 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     _setup_logging()
     config = _load(config_path)
     out = sys.stdout if fmt == "text" else sys.stderr
-    source = _source(config)
     notifier = _notifier(config, out)
-    try:
-        if now_ is None:
-            now_ = _clock(source)
-        store = open_store(config.state.url)
-    except (SourceError, OSError, ValueError) as exc:
-        _fail(EXIT_INCOMPLETE, str(exc))
     results: list[CycleResult] = []
     try:
+        store = open_store(config.state.url)
+    except (OSError, ValueError) as exc:
+        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {exc}")
+    try:
         for unit in config.units:
+            source = sources.build(config, unit)
             results.append(run_cycle(
                 config, store, source, notifier,
                 unit=unit.project or "default",
                 services=unit.services,
                 project=unit.project,
-                now=now_,
+                now=now_ or _clock(source),
                 since=since,
                 default_lookback=config.poll.first_lookback if source.live else None,
                 dry_run=dry_run,
             ))
+    except CredentialsError as exc:
+        _fail(EXIT_USAGE, str(exc))
     except (SourceError, DeliveryError) as exc:
         _fail(EXIT_INCOMPLETE, f"check could not complete: {exc}")
     finally:

@@ -134,6 +134,58 @@ def _audit_text(payload: Mapping[str, Any]) -> str:
     return " ".join(str(p) for p in (method, resource, message) if p)
 
 
+def normalise(
+    *,
+    insert_id: str,
+    log_name: str,
+    timestamp: datetime,
+    receive_timestamp: datetime | None,
+    severity: str,
+    resource_labels: Mapping[str, Any],
+    labels: Mapping[str, Any],
+    text_payload: str | None = None,
+    json_payload: Mapping[str, Any] | None = None,
+    proto_payload: Mapping[str, Any] | None = None,
+    http: Mapping[str, Any] | None = None,
+    raw: Mapping[str, Any] | None = None,
+) -> LogEntry:
+    """The one place an entry's parts become a LogEntry, whatever the wire format was."""
+    text: str
+    http_status: int | None = None
+    if text_payload is not None:
+        text = text_payload
+    elif json_payload is not None:
+        text = _json_text(json_payload)
+    elif proto_payload is not None:
+        text = _audit_text(proto_payload)
+    else:
+        text = ""
+    if http is not None:
+        status = http.get("status")
+        if isinstance(status, int) or (isinstance(status, str) and status.isdigit()):
+            http_status = int(status)
+        if not text:
+            text = f"{http.get('requestMethod', '')} {http.get('requestUrl', '')} {status}".strip()
+    revision = resource_labels.get("revision_name") or None
+    service = resource_labels.get("service_name") or resource_labels.get("job_name") or None
+    instance = labels.get("instanceId") or None
+    return LogEntry(
+        insert_id=insert_id,
+        log_name=log_name,
+        timestamp=timestamp,
+        receive_timestamp=receive_timestamp,
+        severity=severity or "DEFAULT",
+        kind=_kind(log_name),
+        project=_project(log_name, resource_labels),
+        service=str(service) if service else None,
+        revision=str(revision) if revision else None,
+        instance_id=str(instance) if instance else None,
+        text=text,
+        http_status=http_status,
+        raw=raw if raw is not None else {},
+    )
+
+
 def from_json(obj: Any) -> LogEntry:
     """Normalise one entry in Cloud Logging's JSON form; raises MalformedEntry if it is not one."""
     if not isinstance(obj, Mapping):
@@ -151,43 +203,23 @@ def from_json(obj: Any) -> LogEntry:
     rlabels: Mapping[str, Any] = {}
     if isinstance(resource, Mapping) and isinstance(resource.get("labels"), Mapping):
         rlabels = resource["labels"]
-    labels = obj.get("labels") if isinstance(obj.get("labels"), Mapping) else {}
-    assert isinstance(labels, Mapping)
+    labels = obj.get("labels")
     receive = obj.get("receiveTimestamp")
-
-    text: str
-    http_status: int | None = None
-    if isinstance(obj.get("textPayload"), str):
-        text = obj["textPayload"]
-    elif isinstance(obj.get("jsonPayload"), Mapping):
-        text = _json_text(obj["jsonPayload"])
-    elif isinstance(obj.get("protoPayload"), Mapping):
-        text = _audit_text(obj["protoPayload"])
-    else:
-        text = ""
+    text = obj.get("textPayload")
+    payload = obj.get("jsonPayload")
+    proto = obj.get("protoPayload")
     http = obj.get("httpRequest")
-    if isinstance(http, Mapping):
-        status = http.get("status")
-        if isinstance(status, int) or (isinstance(status, str) and status.isdigit()):
-            http_status = int(status)
-        if not text:
-            text = f"{http.get('requestMethod', '')} {http.get('requestUrl', '')} {status}".strip()
-
-    revision = rlabels.get("revision_name") or None
-    service = rlabels.get("service_name") or rlabels.get("job_name") or None
-    instance = labels.get("instanceId") or None
-    return LogEntry(
+    return normalise(
         insert_id=insert_id,
         log_name=log_name,
         timestamp=parse_time(ts),
         receive_timestamp=parse_time(receive) if isinstance(receive, str) else None,
         severity=str(obj.get("severity") or "DEFAULT"),
-        kind=_kind(log_name),
-        project=_project(log_name, rlabels),
-        service=str(service) if service else None,
-        revision=str(revision) if revision else None,
-        instance_id=str(instance) if instance else None,
-        text=text,
-        http_status=http_status,
+        resource_labels=rlabels,
+        labels=labels if isinstance(labels, Mapping) else {},
+        text_payload=text if isinstance(text, str) else None,
+        json_payload=payload if isinstance(payload, Mapping) else None,
+        proto_payload=proto if isinstance(proto, Mapping) else None,
+        http=http if isinstance(http, Mapping) else None,
         raw=obj,
     )

@@ -6,6 +6,7 @@ quoted string literal; links are percent-encoded whole, so no log text can end t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -41,3 +42,48 @@ def logs_url(query: str, start: datetime, end: datetime, project: str | None) ->
         f"{quote(_rfc3339(end), safe='')}"
     )
     return f"{url}?project={quote(project, safe='')}" if project else url
+
+
+MAX_FILTER = 20_000  # characters; Cloud Logging rejects longer filters
+REQUEST_LOG = "run.googleapis.com%2Frequests"
+
+
+def read_filter(
+    services: Sequence[str],
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    received_after: datetime | None = None,
+    received_before: datetime | None = None,
+    request_sample: float = 1.0,
+) -> str:
+    """The one filter a check cycle reads a project with: every watched service, everything.
+
+    It selects by service and time only, never by signal: app lines (signatures, migration output
+    and the lines around them), request logs (the evidence of health, sampled when they are too
+    many) and Cloud Run's audit entries (deploys, readiness) all come back from one query, so the
+    requests per cycle are the pages read, whatever the number of signals.
+    """
+    if not services:
+        raise ValueError("read_filter needs at least one service")
+    names = " OR ".join(f"resource.labels.service_name={_q(s)}" for s in services)
+    parts = ['resource.type="cloud_run_revision"', f"({names})"]
+    if start is not None:
+        parts.append(f"timestamp>={_q(_rfc3339_exact(start))}")
+    if end is not None:
+        parts.append(f"timestamp<={_q(_rfc3339_exact(end))}")
+    if received_after is not None:
+        parts.append(f"receiveTimestamp>={_q(_rfc3339_exact(received_after))}")
+    if received_before is not None:
+        parts.append(f"receiveTimestamp<{_q(_rfc3339_exact(received_before))}")
+    if request_sample < 1.0:
+        parts.append(f'(NOT logName:{_q(REQUEST_LOG)} OR sample(insertId, {request_sample:g}))')
+    text = " AND ".join(parts)
+    if len(text) > MAX_FILTER:
+        raise ValueError(f"the read filter is {len(text)} characters, over Cloud Logging's "
+                         f"{MAX_FILTER}: watch fewer services per project")
+    return text
+
+
+def _rfc3339_exact(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,35 @@
+"""Sources: where log entries come from. `build` picks the one the config names, per unit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from monitor.config import Config, Target
+from monitor.sources.base import Source, SourceError
+from monitor.sources.budget import RateLimiter
+
+__all__ = ["Source", "SourceError", "build"]
+
+
+def build(config: Config, unit: Target, limiter: RateLimiter | None = None) -> Source:
+    """The source for one unit of work. Pass the same `limiter` to every cycle of a process."""
+    if config.source.type == "file":
+        from monitor.sources.file import FileSource
+
+        assert config.source.path is not None
+        return FileSource(config.source.path)
+    from monitor.sources.cloud_logging import CloudLoggingSource
+
+    assert unit.project is not None  # the config requires it for cloud_logging
+    return CloudLoggingSource(
+        project=unit.project,
+        services=unit.services,
+        transport=config.source.transport,
+        api_endpoint=config.source.api_endpoint,
+        request_sample=config.source.request_sample,
+        max_pages=config.source.max_pages_per_cycle,
+        limiter=limiter or RateLimiter(config.source.max_requests_per_minute),
+        timeout=config.source.timeout,
+        # Retries must end well inside the cycle: the next one starts an interval later.
+        retry_for=max(config.poll.interval / 2, timedelta(seconds=5)),
+    )
