@@ -118,13 +118,16 @@ def _title(incident: Incident, pattern: str | None) -> str:
         what = f"migration {mig.name}" if mig.name else "prisma migrate deploy"
         code_ = f" ({mig.code})" if mig.code else ""
         return safe_text(f"{what} {mig.outcome.replace('_', ' ')}{code_}", 300, one_line=True)
+    if incident.kind is IncidentKind.SOURCE:
+        return safe_text(f"cannot read logs for {incident.service}", 300, one_line=True)
     if pattern and re.fullmatch(r"[\w .:-]{1,80}", pattern):
         return f"{safe_text(pattern, 80, one_line=True)} ({signal})"
     return signal
 
 
 def _count(incident: Incident) -> str:
-    word = "failed run" if incident.kind is IncidentKind.MIGRATION else "error"
+    word = {IncidentKind.MIGRATION: "failed run",
+            IncidentKind.SOURCE: "failed check"}.get(incident.kind, "error")
     return _plural(incident.count, word)
 
 
@@ -155,6 +158,14 @@ def summary(incident: Incident, pattern: str | None, at: datetime) -> str:
 
 def remediation(incident: Incident) -> str | None:
     """The known fix, as mrkdwn; None where the monitor does not know one."""
+    if incident.kind is IncidentKind.SOURCE:
+        if "PERMISSION_DENIED" in incident.sample:
+            return ("Grant the monitor's service account `roles/logging.viewer` on the project "
+                    f"(`gcloud projects add-iam-policy-binding "
+                    f"{safe_text(incident.service, 100, one_line=True)} --member "
+                    "serviceAccount:... --role roles/logging.viewer`).")
+        return ("The monitor keeps retrying every interval; until it reads again, nothing it "
+                "watches can alert. Check Cloud Logging's status and the monitor's own logs.")
     mig = incident.migration
     if incident.kind is not IncidentKind.MIGRATION or mig is None:
         return None
