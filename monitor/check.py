@@ -185,12 +185,14 @@ def run_cycle(
     if dry_run:
         return result
     # 5. commit state, dedupe keys, checkpoint and outbox in one transaction
+    moved = next_checkpoint(window, stats, now, checkpoint)
     store.commit_cycle(outcome.state, CycleRecord(
         unit=unit,
-        checkpoint=next_checkpoint(window, stats, now, checkpoint),
+        checkpoint=moved,
         seen={e.key: e.timestamp for e in entries},
-        # the next read starts at until - lateness; keep twice that for a clock that steps back
-        forget_before=(window.received_before or now) - 2 * lateness,
+        # No later read starts before moved.until - lateness (plan_window): older keys can go.
+        # Twice that, for a clock that steps back.
+        forget_before=moved.until - 2 * lateness,
         messages=messages,
         summary=_summary(now, stats, len(transitions), None),
     ))
