@@ -268,3 +268,38 @@ def test_once_against_the_emulator_matches_the_file_replay(tmp_path, emulator, t
     # the filter reads the watched service only: spector-worker's entries never leave the API
     spector = [e for e in entries if e["resource"]["labels"]["service_name"] == "spector"]
     assert live_doc["stats"]["entries_read"] == len(spector)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_struct_payload_entries_are_normalised_like_text_ones(emulator, store, transport):
+    structured = export_entry(1, 10)
+    structured["jsonPayload"] = {"message": "request failed",
+                                 "error": {"name": "MissingSessionTableError",
+                                           "message": "Prisma session table does not exist."}}
+    emulator.store.append([structured, error_entry(2, 20)], received_at=T0)
+    result = cycle(config(), store, source(emulator, transport), T0 + timedelta(minutes=5))
+    assert result.error is None
+    assert incident_count(store) == 2
+
+
+def test_a_slow_page_past_the_timeout_is_retried(emulator, store):
+    emulator.store.append([error_entry(1, 10)], received_at=T0)
+    emulator.delay_next(1.5, times=1)
+    clock = Clock()
+    result = cycle(config(), store, source(emulator, clock=clock,
+                                           timeout=timedelta(seconds=0.5)),
+                   T0 + timedelta(minutes=5))
+    assert result.error is None
+    assert result.stats.api_requests == 2 and len(clock.slept) == 1
+    assert incident_count(store) == 1
+
+
+def test_the_filters_the_monitor_builds_parse_in_the_emulator(emulator):
+    from monitor.emulator.query import compile_filter
+    from monitor.sources.base import Window
+
+    src = source(emulator, request_sample=0.1)
+    for window in (Window(), Window(start=T0, end=T0), Window(start=T0, end=T0,
+                                                              received_after=T0,
+                                                              received_before=T0)):
+        compile_filter(src.filter_for(window))  # raises QueryError if it is not valid
