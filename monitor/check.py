@@ -10,6 +10,7 @@ before it re-reads the same entries (deduplicated by key), a crash after it only
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -134,10 +135,17 @@ def complete_until(source: Source, window: Window, stats: ReadStats, now: dateti
     return min(complete, stats.cut_at) if stats.cut_at is not None else complete
 
 
-def fresh_entries(store: Store, entries: Iterator[LogEntry]) -> list[LogEntry]:
+class Cancelled(Exception):
+    """The cycle was abandoned (shutdown) before its commit: nothing of it was saved."""
+
+
+def fresh_entries(store: Store, entries: Iterator[LogEntry],
+                  stop: threading.Event | None = None) -> list[LogEntry]:
     """Entries not processed before: deduplicated by (log name, insert id)."""
     batch: dict[str, LogEntry] = {}
     for entry in entries:
+        if stop is not None and stop.is_set():
+            raise Cancelled("shutting down while reading")
         batch.setdefault(entry.key, entry)
     already = store.seen_keys(list(batch))
     return [e for k, e in batch.items() if k not in already]
@@ -156,7 +164,10 @@ def run_cycle(
     since: timedelta | None = None,
     default_lookback: timedelta | None = None,
     dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> CycleResult:
+    """One cycle for one unit of work. With `stop` set (shutdown), it is abandoned before its
+    commit and raises Cancelled: the checkpoint stays, the next run reads the same entries."""
     lateness = config.poll.max_lateness
     checkpoint = store.checkpoint(unit)
     window = plan_window(checkpoint, now, since=since, default_lookback=default_lookback,
@@ -165,7 +176,7 @@ def run_cycle(
     state = store.load_state()
     try:
         # 1. read what has not been seen
-        entries = fresh_entries(store, source.read(window, stats))
+        entries = fresh_entries(store, source.read(window, stats), stop)
     except SourceError as exc:
         return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
                             window=window, stats=stats, error=exc, dry_run=dry_run)
@@ -184,6 +195,8 @@ def run_cycle(
                          dry_run=dry_run)
     if dry_run:
         return result
+    if stop is not None and stop.is_set():
+        raise Cancelled("shutting down before the commit")
     # 5. commit state, dedupe keys, checkpoint and outbox in one transaction
     moved = next_checkpoint(window, stats, now, checkpoint)
     store.commit_cycle(outcome.state, CycleRecord(
@@ -197,7 +210,7 @@ def run_cycle(
         summary=_summary(now, stats, len(transitions), None),
     ))
     # 6. deliver what is queued (this cycle's and any left by an earlier failure), in order
-    result.delivery = drain(store, notifier)
+    result.delivery = drain(store, notifier, stop=stop)
     return result
 
 

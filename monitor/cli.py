@@ -11,18 +11,18 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import click
 import yaml
 
-from monitor import sources
+from monitor import notify, sources
 from monitor.check import CycleResult, run_cycle
 from monitor.config import Config, ConfigError, default_config_path, load_config, masked
 from monitor.config import parse_duration as _parse_duration
 from monitor.entries import MalformedEntry, parse_time
 from monitor.notify.console import ConsoleNotifier
-from monitor.notify.message import DeliveryError, Notifier
+from monitor.notify.message import DeliveryError
 from monitor.output import result_json, result_text
 from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError
@@ -73,14 +73,6 @@ def _load(path: str | None) -> Config:
         _fail(EXIT_USAGE, f"config error: {exc}")
 
 
-def _notifier(config: Config, stream: TextIO) -> Notifier:
-    if not config.slack.token:
-        return ConsoleNotifier(stream)
-    from monitor.notify.slack import SlackNotifier
-
-    return SlackNotifier(config.slack.token, base_url=config.slack.base_url)
-
-
 config_option = click.option(
     "--config", "config_path", metavar="PATH",
     help="config file (default: $MONITOR_CONFIG, else ./config.yaml)",
@@ -106,7 +98,7 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     _setup_logging()
     config = _load(config_path)
     out = sys.stdout if fmt == "text" else sys.stderr
-    notifier = _notifier(config, out)
+    notifier = notify.build(config, out)
     results: list[CycleResult] = []
     try:
         store = open_store(config.state.url)

@@ -9,6 +9,8 @@ dies between sending and marking is the subject of issue #5 (Slack history check
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 
 from monitor.notify.message import Action, DeliveryError, Notifier
@@ -29,10 +31,17 @@ class Delivery:
         return self.failed == 0
 
 
-def drain(store: Store, notifier: Notifier) -> Delivery:
+def drain(store: Store, notifier: Notifier, *, deadline: float | None = None,
+          stop: threading.Event | None = None) -> Delivery:
+    """Send what is queued. Stops early (leaving the rest queued) at `deadline` (monotonic
+    seconds) or when `stop` is set: a shutdown sends what it can in its grace period."""
     result = Delivery()
     blocked: set[str] = set()
     for queued in store.queued():
+        if (deadline is not None and time.monotonic() > deadline) or (
+                stop is not None and stop.is_set()):
+            result.waiting += 1
+            continue
         message = queued.message
         if message.incident_id in blocked:
             result.waiting += 1

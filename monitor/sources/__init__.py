@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from monitor.config import Config, Target
@@ -11,8 +13,10 @@ from monitor.sources.budget import RateLimiter
 __all__ = ["Source", "SourceError", "build"]
 
 
-def build(config: Config, unit: Target, limiter: RateLimiter | None = None) -> Source:
-    """The source for one unit of work. Pass the same `limiter` to every cycle of a process."""
+def build(config: Config, unit: Target, limiter: RateLimiter | None = None,
+          sleep: Callable[[float], object] = time.sleep) -> Source:
+    """The source for one unit of work. Pass the same `limiter` to every cycle of a process;
+    `sleep` may be an Event's `wait`, so a shutdown interrupts a retry's backoff."""
     if config.source.type == "file":
         from monitor.sources.file import FileSource
 
@@ -28,7 +32,8 @@ def build(config: Config, unit: Target, limiter: RateLimiter | None = None) -> S
         api_endpoint=config.source.api_endpoint,
         request_sample=config.source.request_sample,
         max_pages=config.source.max_pages_per_cycle,
-        limiter=limiter or RateLimiter(config.source.max_requests_per_minute),
+        limiter=limiter or RateLimiter(config.source.max_requests_per_minute, sleep=sleep),
+        sleep=sleep,
         timeout=config.source.timeout,
         # Retries must end well inside the cycle: the next one starts an interval later.
         retry_for=max(config.poll.interval / 2, timedelta(seconds=5)),

@@ -21,7 +21,7 @@ WINDOW = 60.0  # seconds
 class RateLimiter:
     per_minute: int
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep
     _sent: deque[float] = field(default_factory=deque)
 
     def wait_time(self) -> float:

@@ -271,7 +271,7 @@ class CloudLoggingSource:
         limiter: RateLimiter | None = None,
         timeout: timedelta = timedelta(seconds=30),
         retry_for: timedelta = timedelta(seconds=30),
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.project = project

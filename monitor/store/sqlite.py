@@ -77,7 +77,10 @@ class SQLiteStore:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # check_same_thread=False: `monitor run` opens the store in the main thread and uses it
+        # from the scheduler's worker, one at a time (max_instances=1), never concurrently.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
