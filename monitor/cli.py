@@ -1,4 +1,4 @@
-"""The command line: `monitor once` and `monitor check-config` (DESIGN.md's CLI contract).
+"""The command line: once, run, status and check-config (DESIGN.md's CLI contract).
 
 Rules: stdout carries only the command's output (one JSON object with `--format json`); logs and
 console notifications in JSON mode go to stderr. Exit codes for `once`: 0 nothing open, 1 at least
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -16,9 +17,16 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from monitor import notify, sources
+from monitor import logs, notify, sources
 from monitor.check import CycleResult, run_cycle
-from monitor.config import Config, ConfigError, default_config_path, load_config, masked
+from monitor.config import (
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    mask_url,
+    masked,
+)
 from monitor.config import parse_duration as _parse_duration
 from monitor.entries import MalformedEntry, parse_time
 from monitor.notify.console import ConsoleNotifier
@@ -169,3 +177,55 @@ def check_config(config_path: str | None) -> None:
     config = _load(config_path)
     click.echo(yaml.safe_dump(masked(config), sort_keys=False), nl=False)
     click.echo("config OK", err=True)
+
+
+def _secrets(config: Config) -> list[str]:
+    """Values that must never appear in a log line, whatever logs them."""
+    found = [config.slack.token]
+    password = re.search(r"://[^:/@]*:([^@/]+)@", config.state.url)
+    if password:
+        found.append(password.group(1))
+    return found
+
+
+@main.command()
+@config_option
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                               case_sensitive=False), default="INFO")
+def run(config_path: str | None, log_level: str) -> None:
+    """Run continuously: a check every poll.interval, /healthz and /metrics on $PORT."""
+    config = _load(config_path)
+    logs.configure(log_level, secrets=_secrets(config))
+    from monitor import service
+
+    try:
+        store = open_store(config.state.url)
+    except (OSError, ValueError) as exc:
+        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+    try:
+        service.run(config, store)
+    except CredentialsError as exc:
+        store.close()
+        _fail(EXIT_USAGE, str(exc))
+    except ValueError as exc:  # $PORT
+        store.close()
+        _fail(EXIT_USAGE, str(exc))
+
+
+@main.command()
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def status(config_path: str | None, fmt: str) -> None:
+    """Show incidents, revisions, the checkpoint and the last check, from the store only."""
+    from monitor.status import status_report, status_text
+
+    config = _load(config_path)
+    try:
+        store = open_store(config.state.url)
+    except (OSError, ValueError) as exc:
+        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+    try:
+        report = status_report(config, store, datetime.now(UTC))
+    finally:
+        store.close()
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else status_text(report))

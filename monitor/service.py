@@ -1,0 +1,266 @@
+"""`monitor run`: the check cycle on a schedule, health and metrics over HTTP, a clean SIGTERM.
+
+Rules:
+- The cycle is `check.run_cycle`, the same one `monitor once` runs; this module only schedules
+  it (APScheduler: one at a time, a late run coalesces, never piles up), watches it, and serves
+  `/healthz`, `/readyz` and `/metrics`.
+- A cycle that raises is logged with its traceback and counted; the next one runs on time.
+- Shutdown (SIGTERM from Cloud Run, or SIGINT) abandons the running cycle before its commit, so
+  the checkpoint stays consistent; then it sends what it can from the outbox within a bounded
+  time, closes the store and returns: all well inside Cloud Run's 10-second grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+)
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor import notify, sources
+from monitor.check import Cancelled, run_cycle
+from monitor.config import Config, format_duration
+from monitor.metrics import Metrics
+from monitor.notify.message import Notifier
+from monitor.notify.outbox import drain
+from monitor.sources.base import Source
+from monitor.sources.budget import RateLimiter
+from monitor.store.base import Store
+
+log = logging.getLogger(__name__)
+
+JOB_GRACE = 5.0  # seconds a running cycle gets to notice the shutdown and stop
+DRAIN_GRACE = 2.5  # seconds of sending from the outbox at shutdown
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz answer, derived from when cycles last completed."""
+
+    interval: timedelta
+    started: datetime
+    last_ok: datetime | None = None
+    last_error: str | None = None
+    ran: bool = False
+    stopping: bool = False
+    failures: int = 0
+
+    @property
+    def allowed_gap(self) -> timedelta:
+        """A few intervals: one slow or failed cycle is not yet a sick monitor."""
+        return max(3 * self.interval, timedelta(seconds=30))
+
+    def healthz(self, now: datetime) -> tuple[int, str]:
+        since = self.last_ok or self.started
+        gap = now - since
+        if gap <= self.allowed_gap:
+            return 200, ("ok" if self.last_ok else "starting")
+        what = "no check has completed" if self.last_ok is None else "no check completed"
+        reason = f"{what} for {format_duration(gap)}"
+        if self.last_error:
+            reason += f" (last error: {self.last_error})"
+        return 503, reason
+
+    def readyz(self) -> tuple[int, str]:
+        if self.stopping:
+            return 503, "shutting down"
+        if not self.ran:
+            return 503, "starting: the first check has not finished"
+        return 200, "ready"
+
+
+@dataclass
+class Service:
+    config: Config
+    store: Store
+    notifier: Notifier
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.health = Health(self.config.poll.interval, self.clock())
+        limiters: dict[str | None, RateLimiter] = {}
+        self.sources: list[tuple[str, Any, Source]] = []
+        for unit in self.config.units:
+            # one budget per project, shared by all of its cycles, interrupted by a shutdown
+            limiter = limiters.setdefault(unit.project, RateLimiter(
+                self.config.source.max_requests_per_minute, sleep=self.stop.wait))
+            self.sources.append((unit.project or "default", unit,
+                                 sources.build(self.config, unit, limiter, sleep=self.stop.wait)))
+
+    # --- the job -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One scheduled check over every unit of work; never raises."""
+        if self.stop.is_set():
+            return
+        self.idle.clear()
+        try:
+            for name, unit, source in self.sources:
+                self._check(name, unit, source)
+        finally:
+            self.health.ran = True
+            self.idle.set()
+
+    def _check(self, name: str, unit: Any, source: Source) -> None:
+        started = time.monotonic()
+        now = self.clock()
+        try:
+            result = run_cycle(
+                self.config, self.store, source, self.notifier, unit=name,
+                services=unit.services, project=unit.project, now=now,
+                default_lookback=self.config.poll.first_lookback if source.live else None,
+                stop=self.stop,
+            )
+        except Cancelled as exc:
+            log.info("check of %s abandoned: %s; the next run re-reads it", name, exc)
+            return
+        except Exception as exc:
+            self.metrics.cycles.labels("error").inc()
+            self.health.last_error = f"{type(exc).__name__}: {exc}"
+            self.health.failures += 1
+            log.exception("check of %s failed unexpectedly; the next one runs on schedule", name)
+            return
+        checkpoint = self.store.checkpoint(name)
+        self.metrics.observe_cycle(name, result, time.monotonic() - started,
+                                   len(self.store.queued()),
+                                   checkpoint.until if checkpoint else None, self.clock())
+        if result.error:
+            self.health.last_error = result.error
+            self.health.failures += 1
+            log.warning("check of %s could not complete: %s", name, result.error)
+            return
+        self.health.last_ok = now
+        self.health.failures = 0
+        opened = len(result.open_incidents)
+        log.info("check of %s: %d entries read, %d skipped, %d API request(s), %d "
+                 "transition(s), %d notification(s) sent, %d incident(s) open", name,
+                 result.stats.entries_read, result.stats.entries_skipped,
+                 result.stats.api_requests, len(result.transitions), result.delivery.sent,
+                 opened)
+
+    def _on_event(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_ERROR:  # tick() never raises; this is a last resort
+            self.metrics.cycles.labels("error").inc()
+            log.error("scheduled check raised: %s", event.exception)
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            log.warning("the previous check is still running: this run is skipped")
+        elif event.code == EVENT_JOB_MISSED:
+            log.warning("a check ran late and was coalesced with the next one")
+
+    # --- running -------------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> None:
+        """Run until SIGTERM or SIGINT, then shut down within Cloud Run's grace period."""
+        http = ThreadingHTTPServer((host, port), _handler(self))
+        http.daemon_threads = True
+        threading.Thread(target=http.serve_forever, name="http", daemon=True).start()
+        interval = self.config.poll.interval.total_seconds()
+        scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": max(int(interval), 1)})
+        scheduler.add_listener(self._on_event,
+                               EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        scheduler.add_job(self.tick, "interval", seconds=interval, id="check",
+                          next_run_time=datetime.now(UTC))
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if not self.stop.is_set():  # a second signal (e.g. from a wrapper) changes nothing
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                self.health.stopping = True
+                self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("monitor running: %d unit(s) of work every %s; http on %s:%d",
+                 len(self.sources), format_duration(self.config.poll.interval), host, port)
+        scheduler.start()
+        try:
+            # The main thread only waits: signal handlers run here and just set `stop`.
+            while not self.stop.wait(0.5):
+                pass
+        finally:
+            scheduler.shutdown(wait=False)
+            self.shutdown(http)
+
+    def shutdown(self, http: ThreadingHTTPServer | None = None) -> None:
+        self.stop.set()
+        self.health.stopping = True
+        if not self.idle.wait(JOB_GRACE):
+            log.warning("the running check did not stop within %.0fs", JOB_GRACE)
+        else:
+            sent = drain(self.store, self.notifier, deadline=time.monotonic() + DRAIN_GRACE)
+            if sent.sent or sent.waiting:
+                log.info("shutdown: %d notification(s) sent, %d left queued", sent.sent,
+                         sent.waiting + sent.failed)
+            self.store.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
+        log.info("monitor stopped")
+
+
+def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                self._text(*service.health.healthz(service.clock()))
+            elif path == "/readyz":
+                self._text(*service.health.readyz())
+            elif path == "/metrics":
+                self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._text(404, "not found")
+
+        def _text(self, code: int, text: str) -> None:
+            self._send(code, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http: " + format, *args)
+
+    return Handler
+
+
+def listen_address(env: dict[str, str] | None = None) -> tuple[str, int]:
+    """$PORT (Cloud Run sets it), default 8080; all interfaces only on Cloud Run ($K_SERVICE),
+    else loopback, unless MONITOR_HTTP_HOST says otherwise."""
+    env = dict(os.environ) if env is None else env
+    host = env.get("MONITOR_HTTP_HOST") or ("0.0.0.0" if env.get("K_SERVICE") else "127.0.0.1")
+    try:
+        port = int(env.get("PORT") or 8080)
+    except ValueError:
+        raise ValueError(f"PORT: not a port number: {env.get('PORT')!r}") from None
+    return host, port
+
+
+def run(config: Config, store: Store) -> None:
+    service = Service(config, store, notify.build(config, sys.stdout, timeout=5))
+    service.serve(*listen_address())
