@@ -96,6 +96,9 @@ class SQLiteStore:
         self._db.execute("COMMIT")
 
     def migrate(self) -> None:
+        # A current schema needs no write lock: `monitor status` must not wait for `monitor run`.
+        if self.schema_version == len(MIGRATIONS):
+            return
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
