@@ -142,6 +142,7 @@ class SlackConfig(_Model):
     token: str = ""
     base_url: str | None = None
     update_every: Duration = timedelta(minutes=15)
+    min_interval: Duration = timedelta(seconds=1)  # between messages to one channel
 
     @field_validator("base_url")
     @classmethod

@@ -214,7 +214,16 @@ class SlackServer:
             if msg.thread_ts:
                 url += f"?thread_ts={msg.thread_ts}&cid={msg.channel}"
             return {"channel": msg.channel, "permalink": url}
+        if method == "conversations.list":
+            chans = [{"id": cid, "name": name, "is_channel": True, "is_member": True}
+                     for name, cid in self._ids.items()]
+            start, limit = int(p.get("cursor") or 0), int(p.get("limit") or 100)
+            more = start + limit < len(chans)
+            return {"channels": chans[start:start + limit],
+                    "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
         if method in ("conversations.history", "conversations.replies"):
+            if str(p.get("channel", "")) not in self._roots:  # like Slack: an id, not a #name
+                raise SlackError("channel_not_found")
             cid = self._channel(str(p.get("channel", "")))
             meta = _truthy(p.get("include_all_metadata"))
             if method == "conversations.history":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,11 @@ def write_config(tmp: Path, entries: list, extra: str = "") -> Path:
         "signals: [{name: missing-session-table, match: MissingSessionTableError}]\n"
         f"state: {{url: 'sqlite:///{tmp}/state.db'}}\n{extra}")
     return config
+
+
+def slack_config(server) -> str:
+    return (f"slack: {{token: {server.token}, base_url: '{server.base_url}', "
+            "min_interval: 0s}\n")
 
 
 def roots(server, channel: str) -> list[dict]:
@@ -70,7 +76,8 @@ def test_exit_code_1_while_open_and_now_moves_the_clock(tmp_path):
 
 
 def test_second_run_posts_nothing_and_newer_data_continues_the_thread(tmp_path, slack_server):
-    extra = (f"slack: {{token: {slack_server.token}, base_url: '{slack_server.base_url}', "
+    extra = (f"slack: {{token: {slack_server.token}, "
+             f"base_url: '{slack_server.base_url}', min_interval: 0s, "
              "channel: '#spector-alerts'}\n")
     entries = small_incident()
     config = write_config(tmp_path, entries, extra)
@@ -89,7 +96,7 @@ def test_second_run_posts_nothing_and_newer_data_continues_the_thread(tmp_path, 
 
 
 def test_dry_run_sends_and_saves_nothing(tmp_path, slack_server):
-    extra = f"slack: {{token: {slack_server.token}, base_url: '{slack_server.base_url}'}}\n"
+    extra = slack_config(slack_server)
     config = write_config(tmp_path, small_incident(), extra)
     result = once(config, "--dry-run")
     assert result.exit_code == 0
@@ -144,14 +151,18 @@ def test_unreadable_source_exits_3(tmp_path):
 
 
 def test_slack_failure_exits_3_and_keeps_the_message_queued(tmp_path, slack_server):
-    extra = f"slack: {{token: {slack_server.token}, base_url: '{slack_server.base_url}'}}\n"
+    extra = slack_config(slack_server)
     config = write_config(tmp_path, small_incident(), extra)
     slack_server.fail_next("chat.postMessage", times=1, status=500)
     result = once(config, "--now", "2025-12-04T21:05:00Z")
     assert result.exit_code == 3
     assert slack_server.token not in result.output
     assert slack_server.messages("#alerts") == []
-    assert once(config, "--now", "2025-12-04T21:05:00Z").exit_code == 1  # delivered now
+    # not before its backoff (2 s after one failure), then exactly once
+    assert once(config, "--now", "2025-12-04T21:05:00Z").exit_code == 1
+    assert slack_server.messages("#alerts") == []
+    time.sleep(2.1)
+    assert once(config, "--now", "2025-12-04T21:05:00Z").exit_code == 1
     assert len(slack_server.messages("#alerts")) == 1
 
 

@@ -18,6 +18,7 @@ from monitor.config import Config, parse_config
 from monitor.entries import format_time
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError, Message, Thread
+from monitor.notify.outbox import drain
 from monitor.notify.safe import clean
 from monitor.output import INCIDENT_KEYS, REVISION_KEYS
 from monitor.sources.file import FileSource
@@ -47,6 +48,11 @@ def make_config(tmp_path: Path, path: Path = EXPORT, **extra: object) -> Config:
 
 class FailingNotifier:
     """Slack, unreachable: every send fails and may be retried."""
+
+    min_interval = 0.0
+
+    def find(self, message: Message, root: Thread | None) -> Thread | None:
+        raise DeliveryError("boom", retryable=True)
 
     def send(self, message: Message, root: Thread | None, linked: Thread | None = None) -> Thread:
         raise DeliveryError("boom", retryable=True)
@@ -200,8 +206,8 @@ def test_undelivered_messages_stay_in_the_outbox_with_their_error(tmp_path, stor
                                     f"{outbox['queued']} notification(s) not yet delivered")
     assert f"outbox: {outbox['queued']} message(s) queued" in text
     assert "post_root: 1 attempt(s), last error: boom" in text
-    # the next cycle delivers them
-    cycle(config, store, now=end)
+    # once their backoff has passed, the outbox delivers them
+    drain(store, ConsoleNotifier(io.StringIO()), now=datetime.now(UTC) + timedelta(seconds=3))
     assert status_report(config, store, end)["outbox"] == {"queued": 0, "messages": []}
 
 

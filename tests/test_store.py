@@ -121,9 +121,11 @@ def test_mark_sent_records_the_thread_of_a_root(store):
     store.commit_cycle(s, record([root, message(2, Action.REPLY, incident().id)]))
     assert store.thread(incident().id) is None
     first, second = store.queued()
-    store.mark_failed(first, "ratelimited")
+    store.mark_attempt(first)
+    store.mark_failed(first, "ratelimited", T0 + timedelta(seconds=30))
     (again, _) = store.queued()
     assert (again.attempts, again.last_error) == (1, "ratelimited")
+    assert again.next_attempt_at == T0 + timedelta(seconds=30)
     store.mark_sent(again, Thread("C123", "1700000000.000100"))
     assert store.thread(incident().id) == Thread("C123", "1700000000.000100")
     assert [q.message.key for q in store.queued()] == [second.message.key]

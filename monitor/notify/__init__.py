@@ -16,4 +16,5 @@ def build(config: Config, stream: TextIO, *, timeout: int = 15) -> Notifier:
         return ConsoleNotifier(stream)
     from monitor.notify.slack import SlackNotifier
 
-    return SlackNotifier(config.slack.token, base_url=config.slack.base_url, timeout=timeout)
+    return SlackNotifier(config.slack.token, base_url=config.slack.base_url, timeout=timeout,
+                         min_interval=config.slack.min_interval.total_seconds())

@@ -69,6 +69,8 @@ def flatten(blocks: list[dict[str, Any]], skip: str = "") -> Iterator[str]:
 class ConsoleNotifier:
     """The Notifier for a terminal; fails only when the stream does (closed, broken pipe)."""
 
+    min_interval = 0.0
+
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._posted = 0
@@ -84,6 +86,10 @@ class ConsoleNotifier:
             where = f" thread {thread.ts}" if root is not None else " (thread unknown)"
         self._write(message, where, linked)
         return thread
+
+    def find(self, message: Message, root: Thread | None) -> Thread | None:
+        """A terminal keeps no history to search: a message in doubt is printed again."""
+        return None
 
     def print_message(self, message: Message) -> None:
         """Show a message without delivering it (`--dry-run`): no thread is made or needed."""

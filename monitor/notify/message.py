@@ -73,8 +73,17 @@ class DeliveryError(Exception):
 
 
 class Notifier(Protocol):
-    """Delivers one message; returns the thread it now lives in (the root's for replies)."""
+    """Delivers one message; returns the thread it now lives in (the root's for replies).
+
+    `send` raises only DeliveryError (and ValueError for a reply without its root: a bug).
+    `find` answers whether an earlier attempt whose outcome is unknown did arrive.
+    `min_interval`: seconds between two messages to one channel (the channel's rate limit).
+    """
+
+    min_interval: float
 
     def send(
         self, message: Message, root: Thread | None, linked: Thread | None = None
     ) -> Thread: ...
+
+    def find(self, message: Message, root: Thread | None) -> Thread | None: ...

@@ -1,9 +1,19 @@
-"""Drains the outbox: send each queued message once, in order per incident.
+"""Drains the outbox: every queued message delivered once, in order per incident.
 
-Rules: a message is marked sent only after the notifier returned; a failed message stays queued
-with its error and blocks the later messages of the same incident (a reply must never overtake
-its root, nor an update the alert), while other incidents go on. What happens when the process
-dies between sending and marking is the subject of issue #5 (Slack history check).
+The guarantee, and how each step keeps it:
+- A message is in the outbox (committed with the incident change that caused it) before any
+  attempt to send it, keyed by (incident, transition, n): it cannot be lost, and enqueueing the
+  same transition twice is a no-op.
+- Each attempt is counted in the store *before* the call. A message that is unsent but was
+  attempted may have reached Slack (a timeout after Slack accepted it, a crash between the call
+  and the bookkeeping): before trying again, the notifier looks for its key in the channel
+  (`find`), and a found message is marked sent instead of posted twice.
+- A message is marked sent, with Slack's `ts`, only after Slack answered. A failure leaves it
+  queued with its error and a time before which it is not retried (Retry-After, else backoff).
+- Per incident, order is kept: a failed or waiting message holds back the later messages of its
+  incident (a reply never overtakes its root), while other incidents go on.
+- At most one message per `notifier.min_interval` per channel (Slack documents about one a
+  second).
 """
 
 from __future__ import annotations
@@ -11,19 +21,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from monitor.notify.message import Action, DeliveryError, Notifier
-from monitor.store.base import Store
+from monitor.notify.message import Action, DeliveryError, Notifier, Thread
+from monitor.store.base import Queued, Store
 
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(minutes=5)
 
 
 @dataclass
 class Delivery:
     sent: int = 0
     failed: int = 0
-    waiting: int = 0  # queued behind a failed message of the same incident
+    found: int = 0  # in doubt, and found already delivered: marked sent without a second post
+    waiting: int = 0  # held back: behind a failed message of its incident, or not due yet
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -31,39 +46,111 @@ class Delivery:
         return self.failed == 0
 
 
-def drain(store: Store, notifier: Notifier, *, deadline: float | None = None,
-          stop: threading.Event | None = None) -> Delivery:
-    """Send what is queued. Stops early (leaving the rest queued) at `deadline` (monotonic
-    seconds) or when `stop` is set: a shutdown sends what it can in its grace period."""
+def retry_at(error: DeliveryError, attempts: int, now: datetime) -> datetime:
+    """When to try again: Slack's Retry-After when it gave one, else 2^attempts s, capped."""
+    if error.retry_after is not None:
+        return now + timedelta(seconds=error.retry_after)
+    return now + min(timedelta(seconds=2 ** max(attempts, 0)), MAX_BACKOFF)
+
+
+@dataclass
+class _Pacer:
+    """Spaces sends to one channel by `interval` seconds."""
+
+    interval: float
+    sleep: Callable[[float], object]
+    last: dict[str, float] = field(default_factory=dict)
+
+    def wait(self, channel: str) -> None:
+        if self.interval <= 0:
+            return
+        due = self.last.get(channel, float("-inf")) + self.interval - time.monotonic()
+        if due > 0:
+            self.sleep(due)
+
+    def sent(self, channel: str) -> None:
+        self.last[channel] = time.monotonic()
+
+
+def drain(
+    store: Store,
+    notifier: Notifier,
+    *,
+    now: datetime | None = None,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Delivery:
+    """Send what is due. Stops early (the rest stays queued) at `deadline` (monotonic seconds)
+    or when `stop` is set: a shutdown sends what it can within its grace period."""
+    now = now or datetime.now(UTC)
     result = Delivery()
     blocked: set[str] = set()
+    pacer = _Pacer(notifier.min_interval, stop.wait if stop is not None else sleep)
     for queued in store.queued():
-        if (deadline is not None and time.monotonic() > deadline) or (
-                stop is not None and stop.is_set()):
-            result.waiting += 1
-            continue
         message = queued.message
-        if message.incident_id in blocked:
+        out_of_time = (deadline is not None and time.monotonic() > deadline) or (
+            stop is not None and stop.is_set())
+        not_due = queued.next_attempt_at is not None and queued.next_attempt_at > now
+        if out_of_time or not_due or message.incident_id in blocked:
+            blocked.add(message.incident_id)
             result.waiting += 1
             continue
         root = None
         if message.action is not Action.POST_ROOT:
             root = store.thread(message.incident_id)
-            if root is None:  # its root message has not been posted yet
+            if root is None:  # its root has not been posted yet
                 blocked.add(message.incident_id)
                 result.waiting += 1
                 continue
-        linked = store.thread(message.link_thread_of) if message.link_thread_of else None
         try:
-            thread = notifier.send(message, root, linked)
+            thread = _deliver(store, notifier, queued, root, pacer, result)
         except DeliveryError as exc:
-            store.mark_failed(queued, str(exc))
+            store.mark_failed(queued, str(exc), retry_at(exc, queued.attempts + 1, now))
             blocked.add(message.incident_id)
             result.failed += 1
             result.errors.append(str(exc))
-            log.warning("notification %s not delivered (%s): %s", message.key,
-                        "will retry" if exc.retryable else "needs attention", exc)
+            _report(queued, exc)
             continue
         store.mark_sent(queued, thread)
-        result.sent += 1
     return result
+
+
+def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | None,
+             pacer: _Pacer, result: Delivery) -> Thread:
+    message = queued.message
+    if queued.attempts > 0:  # an earlier try may have arrived: look before posting again
+        try:
+            found = notifier.find(message, root)
+        except DeliveryError as exc:
+            if exc.retryable:
+                raise
+            # Cannot look (a missing history scope): posting again is the lesser evil.
+            log.warning("cannot check whether notification %s already arrived (%s); sending it "
+                        "again may show it twice", message.key, exc)
+            found = None
+        if found is not None:
+            log.info("notification %s was delivered by an earlier attempt; not posting it "
+                     "again", message.key)
+            result.found += 1
+            return found
+    linked = store.thread(message.link_thread_of) if message.link_thread_of else None
+    pacer.wait(message.channel)
+    store.mark_attempt(queued)
+    try:
+        thread = notifier.send(message, root, linked)
+    finally:
+        pacer.sent(message.channel)
+    result.sent += 1
+    return thread
+
+
+def _report(queued: Queued, exc: DeliveryError) -> None:
+    """Said once: the same error again on the next attempt is only a debug line."""
+    if queued.last_error == str(exc):
+        log.debug("notification %s still not delivered: %s", queued.message.key, exc)
+    elif exc.retryable:
+        log.warning("notification %s not delivered, will retry: %s", queued.message.key, exc)
+    else:
+        log.error("notification %s not delivered: %s. It stays queued and is sent once this is "
+                  "fixed.", queued.message.key, exc)

@@ -138,14 +138,17 @@ class SlackNotifier:
     """The Notifier for Slack: roots with chat.postMessage, replies in their thread, chat.update."""
 
     def __init__(self, token: str, *, base_url: str | None = None,
-                 client: WebClient | None = None, timeout: int = 15) -> None:
+                 client: WebClient | None = None, timeout: int = 15,
+                 min_interval: float = 1.0) -> None:
         self._token = token
+        self.min_interval = min_interval
         if client is None:
             kwargs: dict[str, Any] = {"token": token, "timeout": timeout, "retry_handlers": []}
             if base_url:
                 kwargs["base_url"] = base_url
             client = WebClient(**kwargs)
         self._client = client
+        self._channel_ids: dict[str, str] = {}
 
     def _failure(self, exc: Exception) -> DeliveryError:
         err = classify_failure(exc)
@@ -207,3 +210,55 @@ class SlackNotifier:
             return root
         except _FAILURES as exc:
             raise self._failure(exc) from exc
+
+    # --- finding a message whose delivery is in doubt ---------------------------------------
+
+    def find(self, message: Message, root: Thread | None) -> Thread | None:
+        """The thread of `message` if Slack already has it (a post whose answer was lost).
+
+        Looks for the outbox key in the metadata of the channel's recent messages (a root) or of
+        the thread's replies (a reply). Needs the history scopes (channels:history, and
+        channels:read to turn a #name into an id); raises DeliveryError when it cannot look.
+        """
+        if message.action is Action.UPDATE_ROOT:
+            return None  # chat.update is idempotent: doing it again is harmless
+        try:
+            if message.action is Action.POST_ROOT:
+                channel = self._channel_id(message.channel)
+                response = self._client.conversations_history(
+                    channel=channel, include_all_metadata=True, limit=200)
+            else:
+                assert root is not None
+                channel = root.channel
+                response = self._client.conversations_replies(
+                    channel=channel, ts=root.ts, include_all_metadata=True, limit=200)
+        except _FAILURES as exc:
+            raise self._failure(exc) from exc
+        for found in response.get("messages") or []:
+            payload = (found.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("key") == message.key:
+                if message.action is Action.POST_ROOT:
+                    return Thread(channel, str(found["ts"]))
+                return root
+        return None
+
+    def _channel_id(self, channel: str) -> str:
+        """conversations.history wants an id; the config may name the channel."""
+        if re.fullmatch(r"[CGD][A-Z0-9]{6,}", channel):
+            return channel
+        name = channel.lstrip("#")
+        if name not in self._channel_ids:
+            cursor = None
+            while True:
+                response = self._client.conversations_list(
+                    types="public_channel,private_channel", limit=1000, cursor=cursor,
+                    exclude_archived=True)
+                for chan in response.get("channels") or []:
+                    self._channel_ids[str(chan.get("name"))] = str(chan.get("id"))
+                cursor = (response.get("response_metadata") or {}).get("next_cursor")
+                if name in self._channel_ids or not cursor:
+                    break
+        if name not in self._channel_ids:
+            raise DeliveryError(f"channel {channel} not found by conversations.list",
+                                retryable=False)
+        return self._channel_ids[name]

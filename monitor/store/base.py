@@ -35,8 +35,9 @@ class Queued:
 
     id: int
     message: Message
-    attempts: int
+    attempts: int  # counted before each try: > 0 and unsent means an earlier try's fate is unknown
     last_error: str | None
+    next_attempt_at: datetime | None = None
 
 
 class Store(Protocol):
@@ -54,7 +55,10 @@ class Store(Protocol):
 
     def mark_sent(self, queued: Queued, thread: Thread) -> None: ...
 
-    def mark_failed(self, queued: Queued, error: str) -> None: ...
+    def mark_attempt(self, queued: Queued) -> None: ...
+
+    def mark_failed(self, queued: Queued, error: str, retry_at: datetime | None = None) -> None:
+        ...
 
     def last_cycle(self) -> dict[str, Any] | None: ...
 

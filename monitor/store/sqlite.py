@@ -64,6 +64,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_queued ON outbox (sent_at, id);
     """,
+    # 2: a failed message waits before its next attempt (Retry-After, backoff)
+    """
+    ALTER TABLE outbox ADD COLUMN next_attempt_at TEXT;
+    """,
 ]
 
 
@@ -225,9 +229,15 @@ class SQLiteStore:
 
     def queued(self) -> list[Queued]:
         rows = self._db.execute(
-            "SELECT id, payload, attempts, last_error FROM outbox WHERE sent_at IS NULL ORDER BY id"
+            "SELECT id, payload, attempts, last_error, next_attempt_at FROM outbox "
+            "WHERE sent_at IS NULL ORDER BY id"
         )
-        return [Queued(i, Message.from_json(json.loads(p)), a, e) for i, p, a, e in rows]
+        return [Queued(i, Message.from_json(json.loads(p)), a, e,
+                       parse_time(n) if n else None) for i, p, a, e, n in rows]
+
+    def mark_attempt(self, queued: Queued) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (queued.id,))
 
     def thread(self, incident_id: str) -> Thread | None:
         row = self._db.execute(
@@ -238,8 +248,7 @@ class SQLiteStore:
     def mark_sent(self, queued: Queued, thread: Thread) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET sent_at = ?, sent_ts = ?, attempts = attempts + 1 "
-                "WHERE id = ?",
+                "UPDATE outbox SET sent_at = ?, sent_ts = ? WHERE id = ?",
                 (_now(), thread.ts, queued.id),
             )
             if queued.message.action is Action.POST_ROOT:
@@ -248,11 +257,11 @@ class SQLiteStore:
                     (queued.message.incident_id, thread.channel, thread.ts),
                 )
 
-    def mark_failed(self, queued: Queued, error: str) -> None:
+    def mark_failed(self, queued: Queued, error: str, retry_at: datetime | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                (error, queued.id),
+                "UPDATE outbox SET last_error = ?, next_attempt_at = ? WHERE id = ?",
+                (error, format_time(retry_at), queued.id),
             )
 
     def close(self) -> None:

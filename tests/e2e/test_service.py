@@ -150,8 +150,8 @@ def test_run_alerts_resolves_reports_and_stops_cleanly(world, tmp_path):
         finally:
             feeding.set()
             feeder.join()
-        (root,) = roots(slack)
-        assert root["text"].startswith(":white_check_mark: RESOLVED")
+        wait_for("the root edited to show the resolution (a second later: 1 message/s)",
+                 lambda: roots(slack)[0]["text"].startswith(":white_check_mark: RESOLVED"))
         assert monitor.metric("monitor_cycles_total") >= 3  # the "ok" series comes first
         assert monitor.metric("monitor_api_requests_total") >= 3
         assert monitor.metric("monitor_notifications_total") >= 3
