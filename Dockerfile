@@ -1,12 +1,13 @@
 # The monitor as a container for Cloud Run (deploy guide: docs/cloud-run.md).
 #
 # Base image: the official Python image with the Python patch release and the Debian release both
-# pinned. `python:3.11-slim` would move to a new patch release, and (as happened when Debian 13
-# became stable) to a new Debian release, under an unchanged Dockerfile; `3.11.14-slim-bookworm`
-# changes only when this line does. Both stages use the same tag, so the console script's
-# `#!/usr/local/bin/python` written in the build stage is the interpreter of the final stage. For
-# byte-for-byte reproducible builds, append the tag's digest (`@sha256:...`) where the registry can
-# be reached to read it.
+# pinned. `python:3.11-slim` moves to each new patch release, and to the next Debian release
+# when one becomes stable, under an unchanged Dockerfile; `3.11.14-slim-bookworm` changes only
+# when this line does (the same tag is still rebuilt for Debian security updates). Both stages use
+# the same tag, so the interpreter path pip writes into the console script's `#!` line in the
+# build stage (under /usr/local/bin) is the final stage's interpreter. For byte-for-byte
+# reproducible builds, append the tag's digest (`@sha256:...`) where the registry can be reached
+# to read it.
 
 # ---- build: a wheel of the project, installed with its dependencies into /install -------------
 FROM python:3.11.14-slim-bookworm AS build

@@ -31,6 +31,7 @@ class Call:
     headers: dict[str, str]
     status: int = 200
     error: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when the server received it
 
 
 @dataclass

@@ -435,7 +435,11 @@ def test_build_stage_builds_a_wheel_of_the_whole_package(stages: list[Stage], co
         names = set(zf.namelist())
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
+        metadata = zf.read(f"{dist_info}/METADATA").decode()
     assert re.search(r"^monitor = monitor\.cli:main$", entry_points, re.M), entry_points
+    # pyproject's `readme` reached the build (setuptools builds without it, silently).
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert max(readme, key=len) in metadata, "the wheel's description is not README.md"
     stray = {n for n in names if not n.startswith(("monitor/", dist_info + "/"))}
     assert not stray, f"the wheel holds more than the package: {sorted(stray)}"
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "monitor").rglob("*.py")

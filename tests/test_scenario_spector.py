@@ -25,7 +25,8 @@ def config_for(tmp_path: Path, slack=None) -> Path:
     text = text.replace("spector-incident.json", str(EXAMPLES / "spector-incident.json"))
     text = text.replace("sqlite:///.monitor/demo.db", f"sqlite:///{tmp_path}/state.db")
     if slack is not None:
-        text = text.replace('token: ""', f"token: {slack.token}\n  base_url: {slack.base_url}")
+        text = text.replace('token: ""', f"token: {slack.token}\n  base_url: {slack.base_url}"
+                                         "\n  min_interval: 0s")
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path
