@@ -261,6 +261,25 @@ def listen_address(env: dict[str, str] | None = None) -> tuple[str, int]:
     return host, port
 
 
+def check_slack(notifier: Notifier) -> None:
+    """auth.test at start-up: a bad token is reported now, not when the first incident opens.
+
+    The service still starts: incidents are detected and their messages wait in the outbox
+    until the token is fixed, and /metrics shows them queued.
+    """
+    from monitor.notify.message import DeliveryError
+    from monitor.notify.slack import SlackNotifier
+
+    if not isinstance(notifier, SlackNotifier):
+        return
+    try:
+        log.info("Slack: authenticated as %s", notifier.check_auth())
+    except DeliveryError as exc:
+        log.error("Slack: the token does not work (%s); notifications will wait in the outbox "
+                  "until it does", exc)
+
+
 def run(config: Config, store: Store) -> None:
     service = Service(config, store, notify.build(config, sys.stdout, timeout=5))
+    check_slack(service.notifier)
     service.serve(*listen_address())

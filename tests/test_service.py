@@ -110,3 +110,18 @@ def test_text_logs_on_a_terminal():
     assert "INFO" in stream.getvalue() and "hello" in stream.getvalue()
     assert not stream.getvalue().startswith("{")
     logging.getLogger().handlers.clear()
+
+
+def test_a_bad_slack_token_is_reported_at_start_up(caplog):
+    from monitor.notify.slack import SlackNotifier
+    from monitor.service import check_slack
+    from tests.slack_server import SlackServer
+
+    with SlackServer() as slack:
+        with caplog.at_level(logging.INFO):
+            check_slack(SlackNotifier(slack.token, base_url=slack.base_url))
+        assert "Slack: authenticated as monitor in Test" in caplog.text
+        caplog.clear()
+        check_slack(SlackNotifier("xoxb-wrong-token", base_url=slack.base_url))
+        assert "the token does not work" in caplog.text
+        assert "xoxb-wrong-token" not in caplog.text
