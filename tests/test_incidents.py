@@ -319,3 +319,12 @@ def test_migration_resolution_quotes_every_migration_the_run_applied():
     assert incident.resolution_note == (
         f"migrate deploy succeeded on r44, applying {BAD}, {FIX}")
     assert incident.resolved_at == at(9)
+
+
+def test_a_late_match_older_than_the_pending_ones_counts_in_its_window():
+    r = rules(open_after=2, window=5)
+    out = run([hit(10)], now=10, r=r)
+    assert kinds(out) == []
+    late = run([hit(7)], now=11, state=out.state, r=r)  # arrives late, stamped earlier
+    assert kinds(late) == ["opened"]
+    assert the_incident(late).first_seen == at(7)

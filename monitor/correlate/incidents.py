@@ -170,6 +170,7 @@ class _Machine:
         key = (hit.service, hit.signal)
         window = [p for p in self.state.pending.get(key, []) if p[0] > hit.at - rule.window]
         window.append((hit.at, hit.revision, hit.sample))
+        window.sort(key=lambda p: p[0])  # a late entry may be older than the pending ones
         if len(window) < rule.open_after:
             self.state.pending[key] = window
             return
