@@ -328,3 +328,9 @@ def test_a_late_match_older_than_the_pending_ones_counts_in_its_window():
     late = run([hit(7)], now=11, state=out.state, r=r)  # arrives late, stamped earlier
     assert kinds(late) == ["opened"]
     assert the_incident(late).first_seen == at(7)
+
+
+def test_a_late_match_far_from_the_pending_ones_does_not_open():
+    r = rules(open_after=2, window=5)
+    out = run([hit(10)], now=10, r=r)
+    assert kinds(run([hit(1)], now=11, state=out.state, r=r)) == []

@@ -168,9 +168,11 @@ class _Machine:
             self.count_match(incident, hit.at, hit.revision)
             return
         key = (hit.service, hit.signal)
-        window = [p for p in self.state.pending.get(key, []) if p[0] > hit.at - rule.window]
-        window.append((hit.at, hit.revision, hit.sample))
-        window.sort(key=lambda p: p[0])  # a late entry may be older than the pending ones
+        # In time order (a late entry may be older than the pending ones), and only the matches
+        # within `window` of the newest: the ones that can still open an incident together.
+        window = sorted([*self.state.pending.get(key, []), (hit.at, hit.revision, hit.sample)],
+                        key=lambda p: p[0])
+        window = [p for p in window if p[0] > window[-1][0] - rule.window]
         if len(window) < rule.open_after:
             self.state.pending[key] = window
             return
@@ -182,7 +184,7 @@ class _Machine:
                 counts[r] = counts.get(r, 0) + 1
         introduced_by = self.cause(hit.service, first_rev, first_at)
         incident = self.new_incident(
-            hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, hit.at,
+            hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, window[-1][0],
             count=len(window), revisions=counts, sample=sample,
         )
         incident.introduced_by = introduced_by
