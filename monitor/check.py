@@ -77,8 +77,16 @@ def build_classifier(config: Config, services: Iterable[str]) -> Classifier:
 
 
 def _render(config: Config, transition: Transition, project: str | None) -> list[Message]:
+    """Render with the routing the config gives the incident: an error incident goes to its
+    signal's channel and pings its mention, each falling back to slack.channel/slack.mention;
+    migration and source incidents use slack.channel/slack.mention."""
+    from monitor.correlate.model import IncidentKind
+
     signal = config.signal(transition.incident.signal)
-    return render(transition, channel=config.slack.channel, project=project,
+    routed = signal if transition.incident.kind is IncidentKind.ERROR else None
+    return render(transition, project=project,
+                  channel=(routed.channel if routed else None) or config.slack.channel,
+                  mention=(routed.mention if routed else None) or config.slack.mention,
                   pattern=signal.match.pattern if signal is not None else None)
 
 

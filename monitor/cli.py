@@ -181,7 +181,7 @@ def check_config(config_path: str | None) -> None:
 
 def _secrets(config: Config) -> list[str]:
     """Values that must never appear in a log line, whatever logs them."""
-    found = [config.slack.token]
+    found = [config.slack.token, config.slack.webhook_url or ""]
     password = re.search(r"://[^:/@]*:([^@/]+)@", config.state.url)
     if password:
         found.append(password.group(1))

@@ -3,7 +3,12 @@
 Rules: everything is validated before anything runs; unknown keys are errors (a typo must never
 be silently ignored); an error names the key path and the problem, e.g.
 `signals[0].window: invalid duration 'five minutes'`. Secrets come from the environment and are
-masked whenever the config is printed.
+masked whenever the config is printed; a secret (the token, the webhook URL) is never quoted in an
+error.
+
+Who is pinged, and where, is configuration only (`signals[].channel`, `signals[].mention`,
+`slack.mention`): a mention is Slack markup that notifies people, so it is validated here against
+the few forms Slack defines and never taken from log text, which the renderer always escapes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -85,6 +91,45 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Slack's mention markup, and nothing else: a user group (optionally with its handle as the label),
+# a user, @here, @channel. IDs are Slack's upper-case ids (S... groups, U.../W... users).
+_MENTION = re.compile(
+    r"<!subteam\^S[A-Z0-9]{2,30}(?:\|@[A-Za-z0-9._-]{1,80})?>"
+    r"|<@[UW][A-Z0-9]{2,30}>"
+    r"|<!here>|<!channel>"
+)
+MAX_MENTION = 500  # characters: the mention leads the alert's text, which Slack cuts at 3,000
+
+
+def parse_mention(value: Any) -> str | None:
+    """Space-separated Slack mentions, normalised to single spaces; empty means none.
+
+    The result is emitted raw (as markup that pings people), so anything that is not exactly one
+    of Slack's mention forms is refused rather than escaped or guessed at.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string of Slack mentions, e.g. '<!subteam^S0123ABC>'")
+    parts = value.split()
+    if not parts:
+        return None
+    for part in parts:
+        if not _MENTION.fullmatch(part):
+            raise ValueError(
+                f"{part!r} is not a Slack mention (use <!subteam^S0123ABC>, "
+                "<!subteam^S0123ABC|@handle>, <@U0123ABC>, <!here> or <!channel>, "
+                "separated by spaces)")
+    mention = " ".join(parts)
+    if len(mention) > MAX_MENTION:
+        raise ValueError(f"too long ({len(mention)} characters, at most {MAX_MENTION})")
+    return mention
+
+
+Mention = Annotated[str | None, BeforeValidator(parse_mention)]
+Channel = Annotated[str, Field(min_length=1)]
+
+
 class SourceConfig(_Model):
     type: Literal["cloud_logging", "file"] = "cloud_logging"
     transport: Literal["grpc", "rest"] = "grpc"
@@ -119,6 +164,8 @@ class SignalConfig(_Model):
     open_after: Annotated[int, Field(ge=1)] = 1
     window: Duration = timedelta(minutes=5)
     resolve_after: Duration = timedelta(minutes=15)
+    channel: Channel | None = None  # this signal's incidents go here instead of slack.channel
+    mention: Mention = None  # who the opening alert pings; falls back to slack.mention
 
     @field_validator("match", mode="before")
     @classmethod
@@ -137,12 +184,42 @@ class MigrationsConfig(_Model):
     tool: Literal["prisma", "none"] = "prisma"
 
 
+_LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
 class SlackConfig(_Model):
-    channel: Annotated[str, Field(min_length=1)] = "#alerts"
-    token: str = ""
+    channel: Channel = "#alerts"
+    token: str = ""  # a bot token (secret): the Web API, threads and edits
+    webhook_url: str = ""  # an Incoming Webhook (secret): one channel, no threads, no edits
     base_url: str | None = None
+    mention: Mention = None  # pings for migration and source incidents and signals without one
     update_every: Duration = timedelta(minutes=15)
     min_interval: Duration = timedelta(seconds=1)  # between messages to one channel
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _slack_hook(cls, value: str) -> str:
+        # The URL is the secret: the message says what is wrong with it and never quotes it.
+        value = value.strip()  # a secret file's trailing newline
+        if not value:
+            return value
+        try:
+            parts = urlsplit(value)
+            where = (parts.scheme, parts.hostname)
+        except ValueError:  # e.g. an unbalanced [ in the host
+            where = ("", None)
+        if where != ("https", "hooks.slack.com") and not (
+                where[0] == "http" and where[1] in _LOCAL_HOSTS):
+            raise ValueError("must be a Slack Incoming Webhook URL, starting with "
+                             "https://hooks.slack.com/ (http://127.0.0.1 or http://localhost "
+                             "for tests)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_post(self) -> SlackConfig:
+        if self.token and self.webhook_url:
+            raise ValueError("webhook_url: set either slack.token or slack.webhook_url, not both")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -194,6 +271,14 @@ class Config(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"signals: duplicate signal name {dupes[0]!r}")
+        if self.slack.webhook_url:
+            # A webhook posts to the one channel it was created for: a per-signal channel would
+            # be silently ignored, so it is refused.
+            routed = next((i for i, s in enumerate(self.signals) if s.channel), None)
+            if routed is not None:
+                raise ValueError(
+                    f"signals[{routed}].channel: an Incoming Webhook posts only to its own "
+                    "channel; remove it, or use a bot token (slack.token) to route signals")
         return self
 
     @property
@@ -248,7 +333,7 @@ def _interpolate(node: Any, env: Mapping[str, str], path: tuple[str | int, ...])
     return node
 
 
-_OWN_KEY = re.compile(r"^([a-z_]+): (.*)$", re.S)
+_OWN_KEY = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)*): (.*)$", re.S)
 
 
 def _describe(error: ValidationError) -> str:
@@ -316,5 +401,9 @@ def masked(config: Config) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     if data["slack"]["token"]:
         data["slack"]["token"] = "***"
+    if data["slack"]["webhook_url"]:
+        # The host says which kind of hook it is; the path is the secret.
+        hook = urlsplit(data["slack"]["webhook_url"])
+        data["slack"]["webhook_url"] = f"{hook.scheme}://{hook.netloc}/***"
     data["state"]["url"] = mask_url(data["state"]["url"])
     return data

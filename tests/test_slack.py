@@ -17,8 +17,11 @@ from slack_sdk.web import SlackResponse
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import Action, DeliveryError, Message, Notifier, Thread
 from monitor.notify.slack import SlackNotifier, classify_failure
+from monitor.notify.webhook import WebhookNotifier
 from tests.slack_server import SlackServer
 from tests.test_render import SECRETS, hostile_messages, texts
+from tests.test_webhook import SECRET as HOOK_SECRET
+from tests.test_webhook import HookServer
 
 CHANNEL = "#spector-alerts"
 
@@ -240,6 +243,7 @@ class Contract:
     broken: Notifier  # the same kind of notifier, set up to fail
     delivered: Callable[[], list[str]]  # every text that reached the destination
     not_acted_upon: tuple[str, ...]  # what must never arrive raw
+    secrets: tuple[str, ...] = ()  # the notifier's own credentials, beyond the token
 
 
 def _slack_contract(slack: SlackServer) -> Contract:
@@ -258,20 +262,36 @@ def _console_contract() -> Contract:
                     ("\x1b", "\x07", "\x00", "\ud800"))
 
 
-@pytest.mark.parametrize("kind", ["slack", "console"])
-def test_notifier_contract(kind: str, slack: SlackServer) -> None:
-    contract = _slack_contract(slack) if kind == "slack" else _console_contract()
+def _webhook_contract(hook: HookServer) -> Contract:
+    return Contract(WebhookNotifier(hook.url, min_interval=0),
+                    WebhookNotifier(hook.wrong_url, min_interval=0), hook.texts,
+                    ("<!channel>", "<!here>", "<@U", "<https://evil", "\x1b", "\x07"),
+                    (HOOK_SECRET, hook.path, "/services/T0/B0/gone"))
+
+
+@pytest.fixture
+def hook() -> Iterator[HookServer]:
+    with HookServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("kind", ["slack", "console", "webhook"])
+def test_notifier_contract(kind: str, slack: SlackServer, hook: HookServer) -> None:
+    if kind == "webhook":
+        contract = _webhook_contract(hook)
+    else:
+        contract = _slack_contract(slack) if kind == "slack" else _console_contract()
     root: Thread | None = None
     for m in hostile_messages():
         thread = contract.notifier.send(m, root)
         root = thread if m.action is Action.POST_ROOT else root
     shown = "\n".join(contract.delivered())
     assert "!channel" in shown and "evil.example" in shown  # shown, as text
-    for needle in (*contract.not_acted_upon, *SECRETS, CONTRACT_TOKEN):
+    for needle in (*contract.not_acted_upon, *SECRETS, CONTRACT_TOKEN, *contract.secrets):
         assert needle not in shown, needle
 
     with pytest.raises(DeliveryError) as caught:
         contract.broken.send(hostile_messages()[0], None)
     told = f"{caught.value} {caught.value.__cause__}"
-    for secret in (*SECRETS, CONTRACT_TOKEN, slack.token):
+    for secret in (*SECRETS, CONTRACT_TOKEN, slack.token, *contract.secrets):
         assert secret not in told

@@ -396,7 +396,8 @@ class _Machine:
     def maybe_update(self, incident: Incident, now: datetime) -> None:
         changes = list(dict.fromkeys(incident.changes))
         if incident.count >= 2 * max(incident.notified_count, 1):
-            changes.append(f"{incident.count} matches now (was {incident.notified_count})")
+            what = "failed runs" if incident.kind is IncidentKind.MIGRATION else "matches"
+            changes.append(f"{incident.count} {what} now (was {incident.notified_count})")
         if not changes:
             return
         last = incident.notified_at

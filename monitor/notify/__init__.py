@@ -9,7 +9,13 @@ from monitor.notify.message import Notifier
 
 
 def build(config: Config, stream: TextIO, *, timeout: int = 15) -> Notifier:
-    """Slack when a token is configured; otherwise the console (a demo, or a dry first deploy)."""
+    """Slack's Web API when a token is configured, an Incoming Webhook when a webhook URL is
+    (the config allows one or the other); otherwise the console (a demo, or a dry first deploy)."""
+    if config.slack.webhook_url:
+        from monitor.notify.webhook import WebhookNotifier
+
+        return WebhookNotifier(config.slack.webhook_url, timeout=timeout,
+                               min_interval=config.slack.min_interval.total_seconds())
     if not config.slack.token:
         from monitor.notify.console import ConsoleNotifier
 

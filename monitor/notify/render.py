@@ -9,6 +9,10 @@ Rules:
   `<!channel>` or `<https://evil|click>` is displayed and never acted on, backticks neutralised in
   code, and the length cut to Slack's limits. Only links this module builds itself appear as
   `<url|label>` markup.
+- The one other markup is the configured mention (`<!subteam^...>`, `<@U...>`, `<!here>`), which
+  pings people: it comes from the config (validated there, checked again here), never from log text,
+  and leads the text and the first section of the message that opens an incident (POST_ROOT) only,
+  so the phone notification names who should look. Replies and edits of the root never ping.
 - Slack's limits (FACTS.md) hold for every message: text <= 3,000 characters, each section text
   <= 3,000, header <= 150, at most 50 blocks (one is left free for the notifier's thread link).
 """
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from monitor.config import parse_mention
 from monitor.correlate.model import (
     Incident,
     IncidentKind,
@@ -291,14 +296,28 @@ def _reply_text(t: Transition, pattern: str | None) -> str:
     return resolution_text(t, pattern)
 
 
+def _mentioned(mention: str, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`blocks` with the mention leading the first section's text (a header cannot carry it)."""
+    out = list(blocks)
+    for i, block in enumerate(out):
+        if block.get("type") == "section":
+            text = block["text"]
+            out[i] = {**block, "text": {**text,
+                                        "text": truncate(f"{mention} {text['text']}", MAX_SECTION)}}
+            break
+    return out
+
+
 def render(transition: Transition, *, channel: str, project: str | None,
-           pattern: str | None = None) -> list[Message]:
+           pattern: str | None = None, mention: str | None = None) -> list[Message]:
     """The messages that tell people about one transition, in the order they must be sent.
 
     `pattern` is the signal's regular expression (config), for the Logs Explorer query and the
-    title; the incident itself only knows the signal's name.
+    title; the incident itself only knows the signal's name. `mention` (config: the signal's or
+    slack.mention) pings people from the alert that opens the incident, and from no other message.
     """
     inc = transition.incident
+    mention = parse_mention(mention)  # raises ValueError: only Slack's mention forms are emitted
     n = 0
 
     def msg(action: Action, text: str, blocks: list[dict[str, Any]], *,
@@ -312,8 +331,10 @@ def render(transition: Transition, *, channel: str, project: str | None,
 
     def root(action: Action) -> Message:
         blocks = root_blocks(inc, project=project, pattern=pattern, at=transition.at)
-        return msg(action, summary(inc, pattern, transition.at), blocks,
-                   link_to=inc.regression_of)
+        text = summary(inc, pattern, transition.at)
+        if mention and action is Action.POST_ROOT:
+            text, blocks = f"{mention} {text}", _mentioned(mention, blocks)
+        return msg(action, text, blocks, link_to=inc.regression_of)
 
     if transition.kind in (TransitionKind.OPENED, TransitionKind.REGRESSED):
         return [root(Action.POST_ROOT)]
