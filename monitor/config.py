@@ -195,6 +195,9 @@ class SlackConfig(_Model):
     mention: Mention = None  # pings for migration and source incidents and signals without one
     update_every: Duration = timedelta(minutes=15)
     min_interval: Duration = timedelta(seconds=1)  # between messages to one channel
+    # A request's time limit; also how long a message whose send was interrupted stays "in
+    # doubt" (it may still land) before the channel is searched for it.
+    timeout: Duration = timedelta(seconds=10)
 
     @field_validator("webhook_url")
     @classmethod

@@ -50,6 +50,7 @@ class FailingNotifier:
     """Slack, unreachable: every send fails and may be retried."""
 
     min_interval = 0.0
+    timeout = 0.0
 
     def find(self, message: Message, root: Thread | None) -> Thread | None:
         raise DeliveryError("boom", retryable=True)

@@ -70,6 +70,7 @@ class ConsoleNotifier:
     """The Notifier for a terminal; fails only when the stream does (closed, broken pipe)."""
 
     min_interval = 0.0
+    timeout = 0.0
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream

@@ -78,9 +78,11 @@ class Notifier(Protocol):
     `send` raises only DeliveryError (and ValueError for a reply without its root: a bug).
     `find` answers whether an earlier attempt whose outcome is unknown did arrive.
     `min_interval`: seconds between two messages to one channel (the channel's rate limit).
+    `timeout`: seconds after which a send is given up; until then it may still land.
     """
 
     min_interval: float
+    timeout: float
 
     def send(
         self, message: Message, root: Thread | None, linked: Thread | None = None

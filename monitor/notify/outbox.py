@@ -86,13 +86,25 @@ def drain(
     now = now or datetime.now(UTC)
     result = Delivery()
     blocked: set[str] = set()
-    pacer = _Pacer(notifier.min_interval, stop.wait if stop is not None else sleep)
-    for queued in store.queued():
+    wait = stop.wait if stop is not None else sleep
+    pacer = _Pacer(notifier.min_interval, wait)
+    queue = store.queued()
+    unsent = {q.message.incident_id for q in queue}
+    for queued in queue:
         message = queued.message
         out_of_time = (deadline is not None and time.monotonic() > deadline) or (
             stop is not None and stop.is_set())
         not_due = queued.next_attempt_at is not None and queued.next_attempt_at > now
-        if out_of_time or not_due or message.incident_id in blocked:
+        # A regression's alert links the earlier thread: it waits until that thread exists.
+        link_pending = (message.link_thread_of is not None
+                        and message.link_thread_of in unsent
+                        and store.thread(message.link_thread_of) is None)
+        if out_of_time or not_due or link_pending or message.incident_id in blocked:
+            blocked.add(message.incident_id)
+            result.waiting += 1
+            continue
+        if not _out_of_doubt(queued, notifier.timeout, wait, deadline) or (
+                stop is not None and stop.is_set()):
             blocked.add(message.incident_id)
             result.waiting += 1
             continue
@@ -114,6 +126,22 @@ def drain(
             continue
         store.mark_sent(queued, thread)
     return result
+
+
+def _out_of_doubt(queued: Queued, timeout: float, wait: Callable[[float], object],
+                  deadline: float | None) -> bool:
+    """An interrupted send may still land until its timeout has passed: wait that out before
+    looking for it, or it could be posted again and then land too (a crash mid-request)."""
+    if queued.attempts == 0 or queued.attempted_at is None:
+        return True
+    remaining = (queued.attempted_at - datetime.now(UTC)).total_seconds() + timeout + min(
+        1.0, timeout / 2)
+    if remaining <= 0:
+        return True
+    if deadline is not None and time.monotonic() + remaining > deadline:
+        return False
+    wait(remaining)
+    return True
 
 
 def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | None,

@@ -142,6 +142,7 @@ class SlackNotifier:
                  min_interval: float = 1.0) -> None:
         self._token = token
         self.min_interval = min_interval
+        self.timeout = float(timeout)
         if client is None:
             kwargs: dict[str, Any] = {"token": token, "timeout": timeout, "retry_handlers": []}
             if base_url:

@@ -155,6 +155,7 @@ class WebhookNotifier:
         self._secrets = sorted({s for s in (url, url.rstrip("/"), path) if len(s) >= 4},
                                key=len, reverse=True)
         self.min_interval = min_interval
+        self.timeout = float(timeout)
         self._client = client or WebhookClient(url, timeout=timeout, retry_handlers=[],
                                                logger=_SDK_LOG)
         self._posted = 0

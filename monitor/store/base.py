@@ -38,6 +38,7 @@ class Queued:
     attempts: int  # counted before each try: > 0 and unsent means an earlier try's fate is unknown
     last_error: str | None
     next_attempt_at: datetime | None = None
+    attempted_at: datetime | None = None  # real time the last attempt started
 
 
 class Store(Protocol):

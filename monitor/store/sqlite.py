@@ -68,6 +68,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE outbox ADD COLUMN next_attempt_at TEXT;
     """,
+    # 3: when the last attempt started, so a send still in flight is not looked for too early
+    """
+    ALTER TABLE outbox ADD COLUMN attempted_at TEXT;
+    """,
 ]
 
 
@@ -229,15 +233,17 @@ class SQLiteStore:
 
     def queued(self) -> list[Queued]:
         rows = self._db.execute(
-            "SELECT id, payload, attempts, last_error, next_attempt_at FROM outbox "
+            "SELECT id, payload, attempts, last_error, next_attempt_at, attempted_at FROM outbox "
             "WHERE sent_at IS NULL ORDER BY id"
         )
         return [Queued(i, Message.from_json(json.loads(p)), a, e,
-                       parse_time(n) if n else None) for i, p, a, e, n in rows]
+                       parse_time(n) if n else None, parse_time(t) if t else None)
+                for i, p, a, e, n, t in rows]
 
     def mark_attempt(self, queued: Queued) -> None:
         with self._tx() as db:
-            db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (queued.id,))
+            db.execute("UPDATE outbox SET attempts = attempts + 1, attempted_at = ? WHERE id = ?",
+                       (_now(), queued.id))
 
     def thread(self, incident_id: str) -> Thread | None:
         row = self._db.execute(
