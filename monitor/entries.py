@@ -45,6 +45,7 @@ class LogEntry:
     text: str
     http_status: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    location: str | None = None  # the Cloud Run region, e.g. us-central1
 
     @property
     def key(self) -> str:
@@ -183,6 +184,7 @@ def normalise(
         text=text,
         http_status=http_status,
         raw=raw if raw is not None else {},
+        location=str(resource_labels.get("location") or "") or None,
     )
 
 

@@ -292,3 +292,26 @@ def test_escape_and_truncate() -> None:
     assert truncate("ab&amp;cd", 5) == "ab…"
     assert truncate("short", 10) == "short"
     assert safe_text("a\nb\x1b[2Jc", 100, one_line=True) == "a bc"
+
+
+def test_root_links_the_cloud_run_revision_and_shows_the_rate():
+    from monitor.correlate.model import RevisionFacts
+    from monitor.notify.render import root_blocks
+
+    incident = Incident(
+        id="spector:missing-session-table:20251204T210300Z", service="spector",
+        signal="missing-session-table", kind=IncidentKind.ERROR, severity="critical",
+        status=IncidentStatus.OPEN, first_seen=T0, last_seen=T0 + timedelta(minutes=10),
+        count=30, introduced_by="spector-00042-wex")
+    facts = [RevisionFacts(service="spector", name="spector-00042-wex",
+                           location="us-central1")]
+    text = json.dumps(root_blocks(incident, project="spector-prod", pattern=None, at=T0,
+                                  facts=facts))
+    assert ("https://console.cloud.google.com/run/detail/us-central1/spector/revisions"
+            "?project=spector-prod|Cloud Run revision spector-00042-wex") in text
+    assert "30 errors (3.0/min)" in text
+    hostile = [RevisionFacts(service="spector", name="spector-00042-wex",
+                             location="x|<!channel>")]
+    text = json.dumps(root_blocks(incident, project="spector-prod", pattern=None, at=T0,
+                                  facts=hostile))
+    assert "<!channel>" not in text and "x%7C%3C%21channel%3E" in text

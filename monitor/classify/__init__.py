@@ -84,7 +84,7 @@ class Classifier:
             assert self.parser is not None
             out.extend(self.parser.parse(lines))
         for (service, revision), (first, last) in seen.items():
-            out.append(RevisionSeen(first.timestamp, service, revision))
+            out.append(RevisionSeen(first.timestamp, service, revision, first.location))
             if last is not first:
                 out.append(RevisionSeen(last.timestamp, service, revision))
         out.sort(key=lambda o: o.at)

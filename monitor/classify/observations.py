@@ -92,6 +92,7 @@ class RevisionSeen:
     at: datetime
     service: str
     revision: str
+    location: str | None = None
 
 
 Observation = ErrorHit | MigrationEvent | DeployEvent | RequestServed | RevisionSeen

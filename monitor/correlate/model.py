@@ -52,6 +52,7 @@ class RevisionFacts:
     errors: dict[str, int] = field(default_factory=dict)
     requests_ok: int = 0
     requests_failed: int = 0
+    location: str | None = None  # the Cloud Run region, for links to the revision
 
     @property
     def live_since(self) -> datetime | None:
@@ -72,6 +73,7 @@ class RevisionFacts:
             "ready_at": format_time(self.ready_at),
             "requests_ok": self.requests_ok,
             "requests_failed": self.requests_failed,
+            "location": self.location,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +97,7 @@ class RevisionFacts:
             errors=dict(d.get("errors", {})),
             requests_ok=int(d.get("requests_ok", 0)),
             requests_failed=int(d.get("requests_failed", 0)),
+            location=d.get("location"),
         )
 
 

@@ -61,6 +61,8 @@ def fold(
         same = (record.name, record.outcome, record.code)
         if all((m.name, m.outcome, m.code) != same for m in facts.migrations):
             facts.migrations.append(record)
+    elif isinstance(obs, RevisionSeen):
+        facts.location = obs.location or facts.location
     elif isinstance(obs, DeployEvent):
         if obs.stage is DeployStage.DEPLOYED:
             facts.deployed_at = _min(facts.deployed_at, obs.at)

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from monitor.config import parse_mention
 from monitor.correlate.model import (
@@ -199,8 +200,27 @@ def _pattern_for(incident: Incident, pattern: str | None) -> str | None:
     return pattern
 
 
+def _rate(incident: Incident) -> str:
+    """How fast it fails: per minute when busy, per hour when sparse."""
+    minutes = (incident.last_seen - incident.first_seen).total_seconds() / 60
+    if incident.count < 2 or minutes <= 0:
+        return ""
+    per_minute = incident.count / minutes
+    return f" ({per_minute:.1f}/min)" if per_minute >= 1 else f" ({per_minute * 60:.1f}/h)"
+
+
+def revision_url(service: str, revision: str, facts: Iterable[RevisionFacts],
+                 project: str | None) -> str | None:
+    """The revision's page in the Cloud Run console, when the logs said its region."""
+    location = next((f.location for f in facts if f.name == revision and f.location), None)
+    if not (project and location):
+        return None
+    return (f"https://console.cloud.google.com/run/detail/{quote(location, safe='')}/"
+            f"{quote(service, safe='')}/revisions?project={quote(project, safe='')}")
+
+
 def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,
-                at: datetime) -> list[dict[str, Any]]:
+                at: datetime, facts: Iterable[RevisionFacts] = ()) -> list[dict[str, Any]]:
     """The thread root: the incident's current state, re-rendered whole on every update."""
     resolved = incident.status is IncidentStatus.RESOLVED
     status = "RESOLVED" if resolved else ("REGRESSION" if incident.regression_of else "OPEN")
@@ -212,7 +232,7 @@ def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,
         f"*Severity*\n{safe_text(incident.severity, 50, one_line=True)}",
         f"*Service*\n{safe_text(incident.service, 200, one_line=True)}",
         f"*Signal*\n{safe_text(incident.signal, 200, one_line=True)}",
-        f"*Count*\n{_count(incident)}",
+        f"*Count*\n{_count(incident)}{_rate(incident)}",
         f"*First seen*\n{fmt_time(incident.first_seen)}",
         f"*Last seen*\n{fmt_time(incident.last_seen)}",
         f"*Introduced by*\n{code(incident.introduced_by) if incident.introduced_by else 'unknown'}",
@@ -244,8 +264,12 @@ def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,
         blocks.append(section(f"*Fix:* {fix}"))
     start, end = _time_range(incident, at)
     query = logs_query(incident.service, _pattern_for(incident, pattern))
-    notes = [link(logs_url(query, start, end, project), "Logs Explorer"),
-             f"incident {code(incident.id)}"]
+    notes = [link(logs_url(query, start, end, project), "Logs Explorer")]
+    culprit = incident.resolved_by or incident.introduced_by
+    url = revision_url(incident.service, culprit, facts, project) if culprit else None
+    if url is not None and culprit is not None:
+        notes.append(link(url, f"Cloud Run revision {culprit}"))
+    notes.append(f"incident {code(incident.id)}")
     if incident.regression_of:
         notes.append(f"regression of incident {code(incident.regression_of)}")
     blocks.append(context(*notes))
@@ -330,7 +354,8 @@ def render(transition: Transition, *, channel: str, project: str | None,
         return m
 
     def root(action: Action) -> Message:
-        blocks = root_blocks(inc, project=project, pattern=pattern, at=transition.at)
+        blocks = root_blocks(inc, project=project, pattern=pattern, at=transition.at,
+                             facts=transition.revision_facts)
         text = summary(inc, pattern, transition.at)
         if mention and action is Action.POST_ROOT:
             text, blocks = f"{mention} {text}", _mentioned(mention, blocks)
