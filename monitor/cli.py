@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -129,6 +130,9 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
         _fail(EXIT_USAGE, str(exc))
     except (SourceError, DeliveryError) as exc:
         _fail(EXIT_INCOMPLETE, f"check could not complete: {exc}")
+    except (OSError, sqlite3.Error) as exc:  # the store went away (StoreUnavailable is an OSError)
+        _fail(EXIT_INCOMPLETE, f"check could not complete: the state store failed: "
+                               f"{mask_url(str(exc))}")
     finally:
         store.close()
     result = results[0] if len(results) == 1 else _merge(results)
@@ -229,3 +233,37 @@ def status(config_path: str | None, fmt: str) -> None:
     finally:
         store.close()
     click.echo(json.dumps(report, indent=2) if fmt == "json" else status_text(report))
+
+
+@main.command()
+@click.argument("incident", required=False)
+@config_option
+@click.option("--since", type=DurationParam(), default="7d", show_default=True,
+              help="without INCIDENT: the incidents open or active in this period before the "
+              "last check")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "html", "json"]),
+              default="markdown", show_default=True)
+def report(incident: str | None, config_path: str | None, since: timedelta, fmt: str) -> None:
+    """Write up one incident (or every one in the period), from the store only."""
+    from monitor import report as write_up
+
+    config = _load(config_path)
+    try:
+        store = open_store(config.state.url)
+    except (OSError, ValueError) as exc:
+        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+    try:
+        built = write_up.build(config, store, incident, since)
+        if fmt == "html":
+            from monitor.report.html import report_html
+
+            text = report_html(built, config)
+        elif fmt == "json":
+            text = json.dumps(write_up.to_json(built), indent=2)
+        else:
+            text = write_up.report_markdown(built)
+    except KeyError:
+        _fail(EXIT_USAGE, f"no incident {incident!r} in the store (`monitor status` lists them)")
+    finally:
+        store.close()
+    click.echo(text, nl=not text.endswith("\n"))

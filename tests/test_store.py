@@ -1,4 +1,5 @@
-"""The store contract; parametrised over stores so PostgreSQL (#8) joins the same suite."""
+"""The store contract: every test runs against SQLite and against PostgreSQL (the real server,
+a throwaway database per test session, an empty schema per test: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,22 @@ from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
 from monitor.store import open_store
 from monitor.store.base import CycleRecord
+from monitor.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from monitor.store.sqlite import MIGRATIONS, SQLiteStore
 
 T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request, tmp_path):
-    s = open_store(f"sqlite:///{tmp_path}/state.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
     yield s
     s.close()
 
@@ -135,6 +144,20 @@ def test_mark_sent_records_the_thread_of_a_root(store):
     assert store.thread(incident().id) == Thread("C123", "1700000000.000100")
 
 
+def test_an_attempt_is_counted_with_its_time(store):
+    store.commit_cycle(state(), record([message(1)]))
+    (fresh,) = store.queued()
+    assert (fresh.attempts, fresh.attempted_at, fresh.last_error, fresh.next_attempt_at) == (
+        0, None, None, None)
+    before = datetime.now(UTC)
+    store.mark_attempt(fresh)
+    store.mark_attempt(fresh)  # counted from the store, not from the stale `fresh`
+    (tried,) = store.queued()
+    assert tried.attempts == 2
+    assert before - timedelta(seconds=1) <= tried.attempted_at <= datetime.now(UTC)
+    assert tried.attempted_at.utcoffset() == timedelta(0)
+
+
 def test_a_failed_commit_changes_nothing(store, monkeypatch):
     store.commit_cycle(State(), record(checkpoint=Checkpoint(T0)))
     bad = state()
@@ -147,20 +170,115 @@ def test_a_failed_commit_changes_nothing(store, monkeypatch):
     assert store.load_state().incidents == {}
 
 
-def test_schema_is_versioned_and_migration_is_idempotent(tmp_path):
-    url = f"sqlite:///{tmp_path}/s.db"
-    first = SQLiteStore(url)
-    first.commit_cycle(state(), record())
-    assert first.schema_version == len(MIGRATIONS)
+def test_schema_is_versioned_and_migration_is_idempotent(store_url):
+    first = open_store(store_url)
+    migrations = MIGRATIONS if isinstance(first, SQLiteStore) else PG_MIGRATIONS
+    first.commit_cycle(state(), record([message(1)]))
+    assert first.schema_version == len(migrations)
     first.close()
-    second = SQLiteStore(url)  # opening again migrates nothing and keeps the data
-    assert second.schema_version == len(MIGRATIONS)
+    second = open_store(store_url)  # opening again migrates nothing and keeps the data
+    assert second.schema_version == len(migrations)
     assert second.load_state().incidents.keys() == state().incidents.keys()
+    assert [q.message.key for q in second.queued()] == ["inc#1.0"]
+    second.migrate()  # and so does migrating again
+    assert second.schema_version == len(migrations)
     second.close()
-    version = sqlite3.connect(f"{tmp_path}/s.db").execute("PRAGMA user_version").fetchone()[0]
-    assert version == len(MIGRATIONS)
+    if store_url.startswith("sqlite:///"):
+        path = store_url.removeprefix("sqlite:///")
+        version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+        assert version == len(MIGRATIONS)
+
+
+def test_commit_cycle_run_twice_leaves_what_running_it_once_leaves(store):
+    """A COMMIT whose answer was lost is run again (postgres.py): this is why that is safe."""
+    s = state()
+    cycle = record([message(1), message(2, Action.REPLY)], seen={"a": T0},
+                   forget_before=T0 - timedelta(hours=1))
+    store.commit_cycle(s, cycle)
+    once = (store.load_state(), store.checkpoint("spector-prod"), store.queued(),
+            store.seen_keys(["a"]), store.last_cycle())
+    store.commit_cycle(s, cycle)
+    twice = (store.load_state(), store.checkpoint("spector-prod"), store.queued(),
+             store.seen_keys(["a"]), store.last_cycle())
+    assert twice == once
+    # a message already sent is not queued again either
+    first = store.queued()[0]
+    store.mark_sent(first, Thread("C1", "1.0"))
+    store.commit_cycle(s, cycle)
+    assert [q.message.key for q in store.queued()] == ["inc#2.0"]
+
+
+def test_state_comes_back_in_the_order_it_was_first_committed(store):
+    """The core iterates incidents and revisions in state order (which incident resolves first,
+    which revision wins a tie): updates must not reorder them."""
+    s = State()
+    for n in (3, 1, 2):
+        i = incident()
+        i.id = f"spector:sig{n}:x"
+        i.signal = f"sig{n}"
+        s.incidents[i.id] = i
+        s.revisions[("spector", f"rev-{n}")] = RevisionFacts(service="spector", name=f"rev-{n}")
+    store.commit_cycle(s, record())
+    for n in (1, 3):  # updated: rewritten rows
+        s.incidents[f"spector:sig{n}:x"].count = 100 + n
+        s.revisions[("spector", f"rev-{n}")].requests_ok = n
+    late = incident()
+    late.id, late.signal = "spector:sig0:x", "sig0"
+    s.incidents[late.id] = late
+    store.commit_cycle(s, record())
+    loaded = store.load_state()
+    assert list(loaded.incidents) == ["spector:sig3:x", "spector:sig1:x", "spector:sig2:x",
+                                      "spector:sig0:x"]
+    assert list(loaded.revisions) == [("spector", "rev-3"), ("spector", "rev-1"),
+                                      ("spector", "rev-2")]
+    assert loaded.incidents == s.incidents
+
+
+def test_text_from_the_logs_round_trips_whatever_it_holds(store):
+    """Log text is untrusted: NUL, lone surrogates, the private-use escape, emoji."""
+    odd = "a\x00b \ud800 \ue000 \ue0000041 \U0001f525 é \\u0000"
+    s = state()
+    s.incidents[incident().id].sample = odd
+    s.incidents[incident().id].revisions = {odd: 1}
+    s.pending[("spector", "other")] = [(T0, odd, odd)]
+    key = "projects/p/logs/x\x00" + odd.replace("\ud800", "")
+    error = "slack said: \x00 \ue000"
+    store.commit_cycle(s, record([message(1)], seen={key: T0}))
+    loaded = store.load_state()
+    assert loaded.incidents == s.incidents
+    assert loaded.pending == s.pending
+    assert store.seen_keys([key, "other"]) == {key}
+    (queued,) = store.queued()
+    store.mark_failed(queued, error)
+    assert store.queued()[0].last_error == error
+
+
+def test_open_incidents_oldest_first(store):
+    s = state()
+    old = incident()
+    old.id, old.first_seen = "old", T0 - timedelta(days=1)
+    done = incident(IncidentStatus.RESOLVED)
+    done.id = "done"
+    s.incidents.update({"old": old, "done": done})
+    store.commit_cycle(s, record())
+    assert [i.id for i in store.open_incidents()] == ["old", incident().id]
+
+
+@pytest.mark.parametrize("offset", [timedelta(microseconds=500_000), timedelta(0)])
+def test_seen_pruning_is_by_time_to_the_microsecond(store, offset, request):
+    """A key stamped after `forget_before` stays, even within the same second."""
+    store.commit_cycle(State(), record(seen={"kept": T0 + offset, "gone": T0 - offset
+                                             - timedelta(microseconds=1)}))
+    store.commit_cycle(State(), record(forget_before=T0))
+    assert store.seen_keys(["kept", "gone"]) == {"kept"}
 
 
 def test_unsupported_url():
     with pytest.raises(ValueError, match=r"state\.url"):
-        open_store("postgresql://user@host/db")
+        open_store("mysql://user@host/db")
+
+
+def test_a_dedupe_key_with_a_lone_surrogate_is_stored_and_found(store):
+    key = "projects/p/logs/x\x1fid-\ud800"
+    store.commit_cycle(State(), record(seen={key: T0}))
+    assert store.seen_keys([key, "other"]) == {key}

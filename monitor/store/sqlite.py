@@ -75,8 +75,19 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def _ts(t: datetime) -> str:
+    """Fixed-width UTC text, so SQLite's string comparison is time order (RFC3339 with an
+    optional fraction is not: '...00.5Z' sorts before '...00Z')."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _key(key: str) -> str:
+    """A dedupe key as SQLite can store it: log text may hold lone surrogates."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _now() -> str:
-    return format_time(datetime.now(UTC)) or ""
+    return _ts(datetime.now(UTC))
 
 
 class SQLiteStore:
@@ -149,12 +160,14 @@ class SQLiteStore:
         return Checkpoint.from_json(json.loads(row[0])) if row else None
 
     def seen_keys(self, keys: list[str]) -> set[str]:
+        stored = {_key(k): k for k in keys}
         found: set[str] = set()
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
+        names = list(stored)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
             marks = ",".join("?" * len(chunk))
             found.update(
-                k
+                stored[k]
                 for (k,) in self._db.execute(f"SELECT key FROM seen WHERE key IN ({marks})", chunk)
             )
         return found
@@ -167,7 +180,7 @@ class SQLiteStore:
                    ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                        data = excluded.data""",
                 [
-                    (i.id, i.service, i.signal, i.status.value, format_time(i.first_seen),
+                    (i.id, i.service, i.signal, i.status.value, _ts(i.first_seen),
                      json.dumps(i.to_state()))
                     for i in state.incidents.values()
                 ],
@@ -196,10 +209,10 @@ class SQLiteStore:
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO seen (key, ts) VALUES (?, ?)",
-                [(k, format_time(ts)) for k, ts in record.seen.items()],
+                [(_key(k), _ts(ts)) for k, ts in record.seen.items()],
             )
             if record.forget_before is not None:
-                db.execute("DELETE FROM seen WHERE ts < ?", (format_time(record.forget_before),))
+                db.execute("DELETE FROM seen WHERE ts < ?", (_ts(record.forget_before),))
             created = _now()
             db.executemany(
                 """INSERT OR IGNORE INTO outbox (key, incident_id, payload, created_at)
