@@ -230,7 +230,23 @@ def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
             elif path == "/metrics":
                 self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
             else:
+                self._page(path)
+
+        def _page(self, path: str) -> None:
+            """`/` and `/incidents/<id>`: read-only pages, each on its own store connection."""
+            from monitor import web
+
+            try:
+                answer = web.respond(service.config, path, service.clock())
+            except Exception:
+                log.exception("http: %s failed", path)
+                self._text(500, "internal error (see the monitor's logs)")
+                return
+            if answer is None:
                 self._text(404, "not found")
+                return
+            code, body = answer
+            self._send(code, body.encode(), web.HTML)
 
         def _text(self, code: int, text: str) -> None:
             self._send(code, (text + "\n").encode(), "text/plain; charset=utf-8")

@@ -175,6 +175,10 @@ def test_resolved_broadcasts_the_evidence() -> None:
     assert root.action is Action.UPDATE_ROOT and not root.broadcast
     assert ":white_check_mark: RESOLVED" in "\n".join(texts(root.blocks))
     assert root.text.startswith(":white_check_mark: RESOLVED")
+    # the write-up's summary and checklist ride along, for the post-mortem
+    write_up = texts(reply.blocks)[-1]
+    assert write_up != texts(reply.blocks)[0]
+    assert "spector-00044-fix" in write_up and len(write_up) <= 3000
 
 
 def test_resolved_without_a_deploy_says_so() -> None:

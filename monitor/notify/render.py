@@ -364,8 +364,14 @@ def render(transition: Transition, *, channel: str, project: str | None,
     if transition.kind in (TransitionKind.OPENED, TransitionKind.REGRESSED):
         return [root(Action.POST_ROOT)]
     text = _reply_text(transition, pattern)
-    reply = msg(Action.REPLY, text, [section(text)],
-                broadcast=transition.kind is TransitionKind.RESOLVED)
+    blocks = [section(text)]
+    if transition.kind is TransitionKind.RESOLVED and inc.kind is not IncidentKind.SOURCE:
+        # The write-up's summary and checklist, ready to paste into the post-mortem, as a second
+        # section of the confirmation. Imported here: the report builds on this module.
+        from monitor.report.markdown import summary_and_checklist
+
+        blocks.append(section(summary_and_checklist(transition, pattern, project)))
+    reply = msg(Action.REPLY, text, blocks, broadcast=transition.kind is TransitionKind.RESOLVED)
     if transition.kind is TransitionKind.QUIET_NO_TRAFFIC:
         return [reply]
     return [reply, root(Action.UPDATE_ROOT)]

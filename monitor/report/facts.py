@@ -1,0 +1,320 @@
+"""The facts of an incident write-up, gathered from the store: one value per incident.
+
+Rules:
+- Read-only and offline: the facts come from `store.load_state()`, the checkpoints and the sent
+  rows of the outbox (`sent_notifications`); nothing is written, no API is called. The chart's
+  per-bucket counts are the one exception to "store only": the store keeps totals, not a time
+  series, so they are read from a local `file` source when the config has one (`chart.py`).
+- The clock is the last check (`last_cycle.checked_at`), not the wall clock: the store knows
+  nothing after it, and a replayed incident's write-up says the same thing whenever it is made.
+- Values stay raw (untrusted log text included); each renderer escapes for its own format.
+- Every claim a reader may doubt gets a `Verification` (`verify.py`) that reproduces it with
+  `gcloud logging read`; the checklist quotes those claims and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from monitor.config import Config
+from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
+from monitor.correlate.state import State
+from monitor.entries import format_time, parse_time
+from monitor.store.base import Store
+
+DEFAULT_SINCE = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class SentNotification:
+    """One outbox row that was delivered: what was said, and when it was sent (wall clock)."""
+
+    key: str
+    action: str  # post_root | reply | update_root
+    channel: str
+    text: str  # as sent: Slack mrkdwn, already escaped for Slack
+    sent_at: datetime
+    ts: str | None
+
+
+def sent_notifications(store: Store, incident_id: str) -> list[SentNotification]:
+    """The delivered messages of one incident, oldest first; [] for stores other than SQLite.
+
+    The Store protocol exposes only queued rows; until it has a method for sent ones, this reads
+    the SQLite outbox directly, read-only (one SELECT on the store's connection).
+    """
+    db = getattr(store, "_db", None)
+    if not isinstance(db, sqlite3.Connection):
+        return []
+    rows = db.execute(
+        "SELECT key, payload, sent_at, sent_ts FROM outbox "
+        "WHERE incident_id = ? AND sent_at IS NOT NULL ORDER BY sent_at, id", (incident_id,))
+    out = []
+    for key, payload, sent_at, ts in rows:
+        message = json.loads(payload)
+        out.append(SentNotification(key, str(message.get("action", "")),
+                                    str(message.get("channel", "")),
+                                    str(message.get("text", "")), parse_time(sent_at), ts))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the timeline, in event time."""
+
+    at: datetime
+    kind: str  # deploy | ready | migration | first_error | last_error | resolved | opened
+    text: str  # raw; may quote revision and migration names
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """A claim and the `gcloud logging read` that reproduces it."""
+
+    id: str
+    claim: str
+    filter: str
+    project: str | None
+    start: datetime | None
+    end: datetime | None
+    expect_count: int | None = None  # the command returns exactly this many entries
+    expect_texts: tuple[str, ...] = ()  # each of these appears in the entries returned
+    command: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the outcome checklist, backed by verification ids."""
+
+    ok: bool
+    text: str
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class IncidentReport:
+    incident: Incident
+    project: str | None
+    pattern: str | None  # the signal's regex (error), the failure codes (migration)
+    summary: str
+    introduced: RevisionFacts | None
+    fixed: RevisionFacts | None
+    revisions_hit: list[RevisionFacts]
+    requests_failed: int | None  # 5xx on the revisions hit, None without request logs
+    checked_until: datetime | None  # how far the monitor had read the service's logs
+    next_incident: Incident | None  # a regression of this one, if any
+    timeline: list[Event] = field(default_factory=list)
+    notifications: list[SentNotification] = field(default_factory=list)
+    verifications: list[Verification] = field(default_factory=list)
+    checklist: list[Check] = field(default_factory=list)
+
+    @property
+    def duration(self) -> timedelta:
+        inc = self.incident
+        return (inc.resolved_at or inc.last_seen) - inc.first_seen
+
+
+@dataclass(slots=True)
+class Report:
+    generated_at: datetime  # the report's clock: the last check
+    since: datetime
+    reports: list[IncidentReport]
+
+
+def report_clock(store: Store) -> datetime:
+    """The last check's time, else now: the store knows nothing later than its last check."""
+    cycle = store.last_cycle() or {}
+    value = cycle.get("checked_at")
+    return parse_time(value) if isinstance(value, str) else datetime.now(UTC)
+
+
+def project_of(config: Config, service: str) -> str | None:
+    for unit in config.units:
+        if service in unit.services:
+            return unit.project
+    return config.units[0].project if config.units else None
+
+
+def checked_until(config: Config, store: Store, service: str) -> datetime | None:
+    unit = next((u for u in config.units if service in u.services), None)
+    if unit is None:
+        return None
+    checkpoint = store.checkpoint(unit.project or "default")
+    return checkpoint.until if checkpoint is not None else None
+
+
+def _pattern(config: Config, incident: Incident, state: State) -> str | None:
+    if incident.kind is IncidentKind.MIGRATION:
+        codes = sorted({m.code for f in state.service_revisions(incident.service)
+                        for m in f.migrations if m.code and m.outcome in ("failed", "blocked",
+                                                                          "error")
+                        and incident.first_seen <= m.at <= incident.last_seen})
+        return "|".join(codes) or (incident.migration.code if incident.migration else None)
+    signal = next((s for s in config.signals if s.name == incident.signal), None)
+    return signal.match.pattern if signal is not None else None
+
+
+def select(state: State, incident_id: str | None, since: datetime) -> list[Incident]:
+    """One incident by id, or those open or active since `since`, oldest first."""
+    if incident_id is not None:
+        found = state.incidents.get(incident_id)
+        return [found] if found is not None else []
+    chosen = [i for i in state.incidents.values()
+              if i.status is IncidentStatus.OPEN or (i.resolved_at or i.last_seen) >= since]
+    return sorted(chosen, key=lambda i: (i.first_seen, i.id))
+
+
+def build(config: Config, store: Store, incident_id: str | None = None,
+          since: timedelta = DEFAULT_SINCE) -> Report:
+    """The write-up of one incident, or of every incident in the period ending at the last check.
+
+    Raises KeyError when `incident_id` names no incident.
+    """
+    from monitor.report.verify import checklist, verifications
+
+    state = store.load_state()
+    now = report_clock(store)
+    incidents = select(state, incident_id, now - since)
+    if incident_id is not None and not incidents:
+        raise KeyError(incident_id)
+    out = []
+    for inc in incidents:
+        facts = {f.name: f for f in state.service_revisions(inc.service)}
+        hit = [facts[r] for r in sorted(inc.revisions) if r in facts]
+        has_requests = inc.service in state.request_services
+        rep = IncidentReport(
+            incident=inc, project=project_of(config, inc.service),
+            pattern=_pattern(config, inc, state), summary="",
+            introduced=facts.get(inc.introduced_by or ""),
+            fixed=facts.get(inc.resolved_by or ""), revisions_hit=hit,
+            requests_failed=sum(f.requests_failed for f in hit) if has_requests else None,
+            checked_until=checked_until(config, store, inc.service),
+            next_incident=next((i for i in state.incidents.values()
+                                if i.regression_of == inc.id), None),
+            notifications=sent_notifications(store, inc.id),
+        )
+        rep.summary = summary_sentence(rep)
+        rep.timeline = timeline(rep, list(facts.values()))
+        rep.verifications = verifications(rep, has_requests)
+        rep.checklist = checklist(rep)
+        out.append(rep)
+    return Report(generated_at=now, since=now - since, reports=out)
+
+
+# --- words --------------------------------------------------------------------------------------
+
+
+def when(t: datetime | None) -> str:
+    return "unknown" if t is None else t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def what(rep: IncidentReport) -> str:
+    inc = rep.incident
+    if inc.kind is IncidentKind.MIGRATION and inc.migration is not None:
+        m = inc.migration
+        return (f"migration {m.name or '(unnamed)'} {m.outcome.replace('_', ' ')}"
+                + (f" ({m.code})" if m.code else ""))
+    if inc.kind is IncidentKind.SOURCE:
+        return f"the monitor could not read the logs of {inc.service}"
+    return f"{rep.pattern} ({inc.signal})" if rep.pattern else inc.signal
+
+
+def summary_sentence(rep: IncidentReport) -> str:
+    """The incident in one sentence: what, how much, how long, caused by, fixed by."""
+    from monitor.notify.render import fmt_duration
+
+    inc = rep.incident
+    unit = "failed migration run" if inc.kind is IncidentKind.MIGRATION else "error"
+    count = f"{inc.count:,} {unit}{'s' if inc.count != 1 else ''}"
+    text = (f"{inc.service}: {what(rep)}, {count} between {when(inc.first_seen)} and "
+            f"{when(inc.last_seen)} ({fmt_duration(inc.last_seen - inc.first_seen)})")
+    if inc.introduced_by:
+        text += f", introduced by revision {inc.introduced_by}"
+        if inc.suspect_migrations:
+            text += f" (migration {', '.join(inc.suspect_migrations)})"
+    if inc.status is IncidentStatus.OPEN:
+        return text + "; still open."
+    by = f"fixed by revision {inc.resolved_by}" if inc.resolved_by else "no deploy explains the end"
+    return text + f"; {by}, resolved {when(inc.resolved_at)}."
+
+
+def timeline(rep: IncidentReport, service_facts: list[RevisionFacts]) -> list[Event]:
+    """Deploys, readiness and migrations of the revisions involved, errors and resolution."""
+    inc = rep.incident
+    start = rep.introduced.live_since if rep.introduced and rep.introduced.live_since \
+        else inc.first_seen
+    end = inc.resolved_at or rep.checked_until or inc.last_seen
+    involved = {r.name for r in rep.revisions_hit} | {inc.introduced_by, inc.resolved_by}
+    events: list[Event] = []
+    for f in service_facts:
+        deployed = f.deployed_at or f.first_seen
+        if f.name not in involved and not (deployed and start <= deployed <= end):
+            continue
+        if deployed is not None:
+            events.append(Event(deployed, "deploy", f"revision {f.name} deployed", f.name))
+        if f.ready_at is not None:
+            events.append(Event(f.ready_at, "ready", f"revision {f.name} ready", f.name))
+        elif f.ready is False:
+            events.append(Event(deployed or start, "ready",
+                                f"revision {f.name} never became ready", f.name))
+        for m in f.migrations:
+            name = m.name or "migrate deploy: no pending migrations"
+            code = f" ({m.code})" if m.code else ""
+            events.append(Event(m.at, "migration",
+                                f"{name} {m.outcome.replace('_', ' ')}{code} on {f.name}", f.name))
+    first_rev = inc.introduced_by
+    events.append(Event(inc.first_seen, "first_error",
+                        f"first {'failure' if inc.kind is IncidentKind.MIGRATION else 'error'}"
+                        + (f" (on {first_rev})" if first_rev else ""), first_rev))
+    events.append(Event(inc.last_seen, "last_error",
+                        f"last {'failure' if inc.kind is IncidentKind.MIGRATION else 'error'}"
+                        f" ({inc.count:,} in total)"))
+    if inc.resolved_at is not None:
+        events.append(Event(inc.resolved_at, "resolved",
+                            f"resolved: {inc.resolution_note or 'the monitor saw it end'}",
+                            inc.resolved_by))
+    return sorted(events, key=lambda e: (e.at, e.kind))
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    """The write-up for tools: the incident objects of the CLI contract plus the evidence."""
+    from monitor.output import incident_json, revision_json
+
+    def rev(f: RevisionFacts | None) -> dict[str, Any] | None:
+        if f is None:
+            return None
+        return {**revision_json(f), "ready": f.ready, "ready_at": format_time(f.ready_at),
+                "requests_ok": f.requests_ok, "requests_failed": f.requests_failed}
+
+    return {
+        "generated_at": format_time(report.generated_at),
+        "since": format_time(report.since),
+        "incidents": [{
+            "incident": incident_json(r.incident),
+            "summary": r.summary,
+            "sample": r.incident.sample,
+            "impact": {"duration_seconds": r.duration.total_seconds(),
+                       "errors": r.incident.count, "requests_failed": r.requests_failed,
+                       "revisions_hit": dict(r.incident.revisions)},
+            "root_cause": rev(r.introduced),
+            "fix": rev(r.fixed),
+            "timeline": [{"at": format_time(e.at), "kind": e.kind, "text": e.text,
+                          "revision": e.revision} for e in r.timeline],
+            "notifications": [{"key": n.key, "action": n.action, "channel": n.channel,
+                               "sent_at": format_time(n.sent_at), "ts": n.ts}
+                              for n in r.notifications],
+            "verification": [{"id": v.id, "claim": v.claim, "filter": v.filter,
+                              "project": v.project, "start": format_time(v.start),
+                              "end": format_time(v.end), "expect_count": v.expect_count,
+                              "expect_texts": list(v.expect_texts), "command": v.command,
+                              "logs_explorer": v.url} for v in r.verifications],
+            "checklist": [{"ok": c.ok, "text": c.text, "evidence": list(c.evidence)}
+                          for c in r.checklist],
+        } for r in report.reports],
+    }

@@ -1,0 +1,190 @@
+"""The write-up as Markdown (for a document or a pull request) and as a Slack summary.
+
+Rules:
+- Log text is untrusted: every value is cleaned of control characters and secrets
+  (`notify.safe.clean`, `scrub`), then put where it cannot form markup: in a code span or fenced
+  block whose fence is longer than any backtick run inside it, or with Markdown's punctuation and
+  `& < >` escaped. A pasted write-up never renders a link, an image or HTML from a log line.
+- The Slack summary (`summary_and_checklist`) is mrkdwn built with `notify.safe.safe_text`, as
+  every message is, and fits one section (3,000 characters).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from monitor.correlate.model import IncidentKind, IncidentStatus, MigrationRecord, Transition
+from monitor.notify.render import fmt_duration
+from monitor.notify.safe import MAX_SECTION, clean, safe_text, scrub, truncate
+from monitor.report.facts import IncidentReport, Report, SentNotification, when
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_EMOJI = re.compile(r"^(?::[a-z0-9_+-]+:\s*)+")
+
+
+def _safe(text: str, limit: int = 500) -> str:
+    text = " ".join(scrub(clean(text[: 4 * limit])).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def md(text: str, limit: int = 500) -> str:
+    """Untrusted text as inert Markdown on one line."""
+    text = _safe(text, limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def code(text: str, limit: int = 200) -> str:
+    """An inline code span that no backtick in `text` can close."""
+    text = _safe(text, limit)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def block(text: str, lang: str = "", limit: int = 2000) -> str:
+    """A fenced block; the fence is longer than any backtick run in the text."""
+    text = scrub(clean(text[: 2 * limit]))[:limit]
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
+def _names(text: str) -> str:
+    """A sentence built by facts.py: quoted names stay readable, punctuation stays inert."""
+    return md(text, 1000)
+
+
+def notification_line(n: SentNotification) -> str:
+    """What a sent message said, in a few words: its first line without emoji or bold."""
+    first = n.text.split("\n", 1)[0]
+    first = _EMOJI.sub("", first).replace("*", "")
+    first = first.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    label = {"post_root": "alert posted", "reply": "thread reply",
+             "update_root": "alert edited"}.get(n.action, n.action)
+    return f"{label} in {n.channel}: {first}"
+
+
+def incident_markdown(rep: IncidentReport) -> str:
+    inc = rep.incident
+    out = [f"## {md(inc.service)} · {md(inc.signal)} — {inc.status.value}", "",
+           f"{code(inc.id)} · severity {md(inc.severity)}"
+           + (f" · regression of {code(inc.regression_of)}" if inc.regression_of else ""), "",
+           f"**Summary.** {_names(rep.summary)}", "", "### Impact", "",
+           "| | |", "|---|---|",
+           f"| Duration | {fmt_duration(rep.duration)} ({when(inc.first_seen)} → "
+           f"{when(inc.resolved_at or inc.last_seen)}) |",
+           f"| {'Failed runs' if inc.kind is IncidentKind.MIGRATION else 'Errors'} | "
+           f"{inc.count:,} |"]
+    if rep.requests_failed is not None and inc.kind is IncidentKind.ERROR:
+        out.append(f"| Requests failed | {rep.requests_failed:,} (HTTP 5xx in the request logs "
+                   "of the revisions hit) |")
+    hits = ", ".join(f"{code(r)} ({n:,})" for r, n in
+                     sorted(inc.revisions.items(), key=lambda kv: (-kv[1], kv[0])))
+    out += [f"| Revisions hit | {hits or 'none recorded'} |", "", "### Root cause", ""]
+    if rep.introduced is not None:
+        f = rep.introduced
+        deployed = when(f.deployed_at or f.first_seen)
+        out.append(f"Introduced by revision {code(f.name)}, deployed {deployed}"
+                   + (f", ready {when(f.ready_at)}" if f.ready_at else "") + ".")
+        out += _migration_list(f.migrations)
+    else:
+        out.append("No revision is named as the cause.")
+    if inc.suspect_migrations:
+        out.append("Suspect migration(s): " + ", ".join(code(m) for m in inc.suspect_migrations)
+                   + ".")
+    sample = inc.sample or (inc.migration.message if inc.migration else "")
+    if sample:
+        out += ["", f"First error line ({when(inc.first_seen)}):", "", block(sample)]
+    out += ["", "### Fix", ""]
+    if rep.fixed is not None:
+        f = rep.fixed
+        deployed = when(f.deployed_at or f.first_seen)
+        out.append(f"Fixed by revision {code(f.name)}, deployed {deployed}"
+                   + (f", ready {when(f.ready_at)}" if f.ready_at else
+                      (", never became ready" if f.ready is False else "")) + ".")
+        out += _migration_list(f.migrations)
+    elif inc.status is IncidentStatus.RESOLVED:
+        out.append("No deploy explains the recovery.")
+    else:
+        out.append("Not fixed yet: the incident is open.")
+    if inc.resolved_at is not None:
+        out += ["", f"Resolved {when(inc.resolved_at)}: {md(inc.resolution_note, 1000)}."]
+    out += ["", "### Timeline", "", "| Time (UTC) | Event |", "|---|---|"]
+    out += [f"| {e.at.strftime('%Y-%m-%d %H:%M:%S')} | {_names(e.text)} |" for e in rep.timeline]
+    if rep.notifications:
+        out += ["", "Slack notifications, by the time they were sent (a replay sends them all "
+                "when it runs):", "", "| Sent (UTC) | Message |", "|---|---|"]
+        out += [f"| {n.sent_at.strftime('%Y-%m-%d %H:%M:%S')} | {md(notification_line(n), 200)} |"
+                for n in rep.notifications]
+    out += ["", "### Verification", ""]
+    if not rep.verifications:
+        out.append("Nothing to verify in the logs for this incident.")
+    for n, v in enumerate(rep.verifications, 1):
+        expect = (f"returns {v.expect_count:,} entr{'y' if v.expect_count == 1 else 'ies'}"
+                  if v.expect_count is not None else
+                  "shows " + ", ".join(code(t) for t in v.expect_texts))
+        out += [f"{n}. {_names(v.claim)}: {expect}.", "", _indent(block(v.command, "sh", 25000)),
+                "", f"   [Logs Explorer]({v.url})", ""]
+    out += ["### Checklist", ""]
+    ids = {v.id: n for n, v in enumerate(rep.verifications, 1)}
+    for c in rep.checklist:
+        refs = ", ".join(f"#{ids[e]}" for e in c.evidence if e in ids)
+        out.append(f"- [{'x' if c.ok else ' '}] {_names(c.text)}"
+                   + (f" (verification {refs})" if refs else ""))
+    return "\n".join(out) + "\n"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("   " + line if line else line for line in text.split("\n"))
+
+
+def _migration_list(migrations: Sequence[MigrationRecord]) -> list[str]:
+    out = []
+    for m in migrations:
+        name = code(m.name) if m.name else "`migrate deploy` (no pending migrations)"
+        extra = f" ({md(m.code)})" if m.code else ""
+        out.append(f"- {name} {md(m.outcome.replace('_', ' '))}{extra}, {when(m.at)}")
+    return out
+
+
+def report_markdown(report: Report) -> str:
+    head = [f"# Incident write-up — {len(report.reports)} incident(s)", "",
+            f"From the monitor's store, up to its last check ({when(report.generated_at)}); "
+            f"incidents open or active since {when(report.since)}.", ""]
+    if not report.reports:
+        head.append("No incident in this period.")
+    return "\n".join(head) + "\n" + "\n".join(incident_markdown(r) for r in report.reports)
+
+
+# --- Slack -----------------------------------------------------------------------------------
+
+
+def summary_and_checklist(transition: Transition, pattern: str | None = None,
+                          project: str | None = None) -> str:
+    """The write-up's summary and checklist as one mrkdwn text (<= 3,000 characters).
+
+    For the thread reply of a RESOLVED transition: everything the transition carries (the
+    incident snapshot and the revision facts it quotes), so it is pure and can be rendered into
+    the outbox with the resolution itself. The evidence window ends at the transition's time.
+    """
+    from monitor.report.facts import summary_sentence
+    from monitor.report.verify import checklist, verifications
+
+    inc = transition.incident
+    facts = {f.name: f for f in transition.revision_facts}
+    hit = [facts[r] for r in sorted(inc.revisions) if r in facts]
+    rep = IncidentReport(
+        incident=inc, project=project, pattern=pattern, summary="",
+        introduced=facts.get(inc.introduced_by or ""), fixed=facts.get(inc.resolved_by or ""),
+        revisions_hit=hit, requests_failed=None, checked_until=transition.at,
+        next_incident=None)
+    rep.summary = summary_sentence(rep)
+    rep.verifications = verifications(rep, inc.first_ok_since_last is not None)
+    rep.checklist = checklist(rep)
+    lines = ["*Write-up*", safe_text(rep.summary, 1200, one_line=True), "", "*Checklist*"]
+    for c in rep.checklist:
+        lines.append(f"{':white_check_mark:' if c.ok else ':x:'} "
+                     f"{safe_text(c.text, 600, one_line=True)}")
+    return truncate("\n".join(lines), MAX_SECTION)

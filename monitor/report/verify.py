@@ -1,0 +1,182 @@
+"""The evidence of a write-up: `gcloud logging read` commands that reproduce each claim.
+
+Rules:
+- Every claim the checklist makes names the command that shows it, and the command is exact:
+  `--project`, `--format=json`, and explicit `timestamp>=` / `timestamp<` bounds in the filter
+  (so gcloud adds no `--freshness` of its own and the answer does not depend on when it runs).
+- Bounds are half-open, [start, end). The store keeps times to the microsecond while Cloud
+  Logging keeps nanoseconds, so an entry stamped 01:07:05.218128803 is stored as .218128: an
+  upper bound on a stored time is that time plus 1 µs, and "after the last error" starts there.
+- Filters use only what `monitor.queries` writes (uppercase AND/OR, quoted literals) plus
+  `log_id(...)` and `httpRequest.status`, all valid in Cloud Logging and in the local emulator,
+  which rejects what it does not understand: a test runs every command against it.
+- Commands are few (one per claim, and the same filter is never printed twice): gcloud costs
+  about a second per call.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import UTC, datetime, timedelta
+
+from monitor.correlate.model import IncidentKind, IncidentStatus, RevisionFacts
+from monitor.queries import logs_query, logs_url
+from monitor.report.facts import Check, IncidentReport, Verification, when
+
+TICK = timedelta(microseconds=1)
+# A migration event is stamped with the last line of its reassembled output; the line naming the
+# error code comes before it, within the same run.
+RUN_SPAN = timedelta(minutes=1)
+REQUESTS = 'log_id("run.googleapis.com/requests")'
+
+
+def _q(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ts(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def bounded(query: str, start: datetime | None, end: datetime | None) -> str:
+    """The filter with its time bounds: start inclusive, end exclusive."""
+    parts = [query]
+    if start is not None:
+        parts.append(f"timestamp>={_q(_ts(start))}")
+    if end is not None:
+        parts.append(f"timestamp<{_q(_ts(end))}")
+    return " AND ".join(parts)
+
+
+def gcloud_command(filter: str, project: str | None) -> str:
+    """The shell command; the filter is one single-quoted argument."""
+    project_flag = f" --project={shlex.quote(project)}" if project else ""
+    return f"gcloud logging read {shlex.quote(filter)}{project_flag} --format=json --order=asc"
+
+
+def _make(id: str, claim: str, query: str, project: str | None, start: datetime | None,
+          end: datetime | None, *, count: int | None = None,
+          texts: tuple[str, ...] = ()) -> Verification:
+    filter = bounded(query, start, end)
+    url_start = start or (end - timedelta(days=1) if end else datetime.now(UTC))
+    url_end = (end or datetime.now(UTC)) + timedelta(seconds=1)  # the range is in seconds
+    return Verification(id=id, claim=claim, filter=filter, project=project, start=start,
+                        end=end, expect_count=count, expect_texts=texts,
+                        command=gcloud_command(filter, project),
+                        url=logs_url(filter, url_start, url_end, project))
+
+
+def _names_pattern(names: list[str]) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
+def _migrations(id: str, role: str, facts: RevisionFacts, project: str | None,
+                service: str) -> Verification | None:
+    names = list(dict.fromkeys(m.name for m in facts.migrations if m.name))
+    if not names:
+        return None
+    start = facts.deployed_at or facts.first_seen or min(m.at for m in facts.migrations)
+    end = max(m.at for m in facts.migrations) + TICK
+    runs = ", ".join(f"{m.name or 'migrate deploy'} {m.outcome.replace('_', ' ')}"
+                     for m in facts.migrations)
+    return _make(id, f"the {role} revision {facts.name} ran: {runs}",
+                 logs_query(service, _names_pattern(names), facts.name), project, start, end,
+                 texts=tuple(names))
+
+
+def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]:
+    """One command per claim of the write-up, in the order the checklist quotes them."""
+    inc, project, service = rep.incident, rep.project, rep.incident.service
+    out: list[Verification] = []
+    if inc.kind is IncidentKind.SOURCE or not rep.pattern:
+        return out
+    query = logs_query(service, rep.pattern)
+    noun = "failed migration run(s)" if inc.kind is IncidentKind.MIGRATION else "match(es)"
+    start = inc.first_seen - (RUN_SPAN if inc.kind is IncidentKind.MIGRATION else timedelta())
+    out.append(_make("errors", f"{inc.count:,} {noun} of {rep.pattern} on {service} from "
+                     f"{when(inc.first_seen)} to {when(inc.last_seen)}", query, project,
+                     start, inc.last_seen + TICK, count=inc.count))
+    if inc.kind is IncidentKind.ERROR and rep.requests_failed is not None and rep.revisions_hit:
+        names = " OR ".join(_q(f.name) for f in rep.revisions_hit)
+        starts = [f.first_seen for f in rep.revisions_hit if f.first_seen]
+        ends = [f.last_seen for f in rep.revisions_hit if f.last_seen]
+        if starts and ends:
+            q = (f'resource.type="cloud_run_revision" AND resource.labels.service_name='
+                 f"{_q(service)} AND resource.labels.revision_name=({names}) AND {REQUESTS} "
+                 "AND httpRequest.status>=500")
+            out.append(_make("requests_failed", f"{rep.requests_failed:,} request(s) failed "
+                             "(HTTP 5xx) on the revisions hit", q, project, min(starts),
+                             max(ends) + TICK, count=rep.requests_failed))
+    if rep.introduced is not None:
+        v = _migrations("cause_migrations", "introducing", rep.introduced, project, service)
+        if v is not None:
+            out.append(v)
+    if rep.fixed is not None:
+        v = _migrations("fix_migrations", "fixing", rep.fixed, project, service)
+        if v is not None:
+            out.append(v)
+    if inc.status is IncidentStatus.RESOLVED:
+        quiet_end = rep.checked_until
+        if rep.next_incident is not None:
+            quiet_end = rep.next_incident.first_seen
+        if quiet_end is not None and quiet_end > inc.last_seen:
+            out.append(_make("quiet", f"no {rep.pattern} on {service} after the last one "
+                             f"({when(inc.last_seen)}) up to {when(quiet_end)}", query, project,
+                             inc.last_seen + TICK, quiet_end + TICK
+                             if rep.next_incident is None else quiet_end, count=0))
+        if inc.kind is IncidentKind.ERROR and has_requests and inc.resolved_at is not None:
+            q = (f'resource.type="cloud_run_revision" AND resource.labels.service_name='
+                 f"{_q(service)} AND {REQUESTS} AND httpRequest.status<500")
+            out.append(_make("requests_ok", f"{inc.ok_requests_since_last:,} successful "
+                             f"request(s) served between the last error and the resolution",
+                             q, project, inc.last_seen + TICK, inc.resolved_at + TICK,
+                             count=inc.ok_requests_since_last))
+    return out
+
+
+def checklist(rep: IncidentReport) -> list[Check]:
+    """The outcome, one line each, every line naming the verification that backs it."""
+    inc = rep.incident
+    have = {v.id for v in rep.verifications}
+
+    def ev(*ids: str) -> tuple[str, ...]:
+        return tuple(i for i in ids if i in have)
+
+    out: list[Check] = []
+    if inc.status is IncidentStatus.OPEN:
+        out.append(Check(False, f"still open: last {rep.pattern or inc.signal} at "
+                         f"{when(inc.last_seen)}", ev("errors")))
+    else:
+        quiet = next((v for v in rep.verifications if v.id == "quiet"), None)
+        line = f"no {rep.pattern or inc.signal} since {when(inc.last_seen)}"
+        if quiet is not None and quiet.end is not None:
+            line += f" (read up to {when(quiet.end)})"
+        if "requests_ok" in have:
+            line += (f", {inc.ok_requests_since_last:,} successful request(s) in the "
+                     "quiet period before the resolution")
+        out.append(Check(quiet is not None, line, ev("quiet", "requests_ok")))
+    if rep.next_incident is not None:
+        out.append(Check(False, f"it came back: incident {rep.next_incident.id} opened "
+                         f"{when(rep.next_incident.first_seen)}"))
+    if rep.fixed is not None:
+        runs = ", ".join(f"{m.name or 'migrate deploy'} {m.outcome.replace('_', ' ')}"
+                         for m in rep.fixed.migrations) or "no migrations"
+        ready = f"ready {when(rep.fixed.ready_at)}" if rep.fixed.ready_at else "readiness unknown"
+        out.append(Check(rep.fixed.ready is not False,
+                         f"fixed by revision {rep.fixed.name} ({ready}), which ran: {runs}",
+                         ev("fix_migrations")))
+    elif inc.status is IncidentStatus.RESOLVED:
+        out.append(Check(False, "no deploy explains the recovery: find out what changed"))
+    if rep.introduced is not None:
+        runs = ", ".join(f"{m.name or 'migrate deploy'} {m.outcome.replace('_', ' ')}"
+                         for m in rep.introduced.migrations) or "no migrations"
+        out.append(Check(True, f"cause: revision {rep.introduced.name}, which ran: {runs}",
+                         ev("cause_migrations")))
+    unit = "failed run(s)" if inc.kind is IncidentKind.MIGRATION else "error(s)"
+    impact = f"impact: {inc.count:,} {unit}"
+    impact += f" on {len(inc.revisions)} revision(s)"
+    if rep.requests_failed is not None and inc.kind is IncidentKind.ERROR:
+        impact += f", {rep.requests_failed:,} failed request(s)"
+    out.append(Check(True, impact, ev("errors", "requests_failed")))
+    return out

@@ -1,0 +1,160 @@
+"""`monitor report`: the spector write-up states the right facts; log text stays inert."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from monitor.cli import main
+from monitor.config import Config, load_config
+from monitor.correlate.model import Transition, TransitionKind
+from monitor.report import build, report_markdown, sent_notifications, summary_and_checklist
+from monitor.report.markdown import block, code, md
+from monitor.store import open_store
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXPORT = EXAMPLES / "spector-incident.json"
+ERRORS = "spector:missing-session-table:20251204T210308Z"
+MIGRATION = "spector:migration-failed:20251205T031014Z"
+
+
+def demo_config(tmp_path: Path) -> Path:
+    """examples/config.yaml with absolute paths and its state in `tmp_path`, replayed once."""
+    text = (EXAMPLES / "config.yaml").read_text()
+    text = text.replace("path: spector-incident.json", f"path: {EXPORT}")
+    text = text.replace("sqlite:///.monitor/demo.db", f"sqlite:///{tmp_path}/state.db")
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["once", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def load(path: Path) -> Config:
+    return load_config(path)
+
+
+LOWER = "20251204205052_map_session_table_to_lowercase"
+FIX = "20251213003742_fix_session_table_uppercase"
+HOSTILE = ("<script>alert(1)</script> <!channel> [x](https://evil) ``` `tick` | *b* "
+           "postgres://u:hunter2@db/x")
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo_config(tmp_path_factory.mktemp("report"))
+
+
+def report_of(config_path: Path, incident: str | None = None):
+    config = load(config_path)
+    store = open_store(config.state.url)
+    try:
+        return build(config, store, incident)
+    finally:
+        store.close()
+
+
+def test_the_error_incident_write_up(config_path: Path) -> None:
+    (rep,) = report_of(config_path, ERRORS).reports
+    assert rep.introduced is not None and rep.introduced.name == "spector-00042-wex"
+    assert rep.fixed is not None and rep.fixed.name == "spector-00044-mop"
+    assert rep.fixed.ready_at == datetime(2025, 12, 13, 1, 6, 20, 418277, tzinfo=UTC)
+    assert [(m.name, m.outcome) for m in rep.fixed.migrations] == [
+        (LOWER, "rolled_back"), (LOWER, "applied"), (FIX, "applied")]
+    assert rep.requests_failed == 157
+    assert rep.summary.startswith("spector: MissingSessionTableError (missing-session-table), "
+                                  "157 errors between 2025-12-04 21:03 UTC and 2025-12-13 "
+                                  "01:07 UTC")
+    assert "fixed by revision spector-00044-mop, resolved 2025-12-13 01:22 UTC." in rep.summary
+    kinds = [e.kind for e in rep.timeline]
+    assert kinds.count("deploy") == 3 and kinds.count("ready") == 3
+    assert kinds.index("first_error") < kinds.index("last_error") < kinds.index("resolved")
+    counts = {v.id: v.expect_count for v in rep.verifications}
+    assert counts == {"errors": 157, "requests_failed": 157, "cause_migrations": None,
+                      "fix_migrations": None, "quiet": 0, "requests_ok": 21}
+    assert all(c.ok for c in rep.checklist)
+    assert rep.checklist[0].text.startswith("no MissingSessionTableError since 2025-12-13 "
+                                            "01:07 UTC")
+    assert "21 successful request(s)" in rep.checklist[0].text
+    assert len(rep.notifications) == 22
+    assert rep.notifications[0].action == "post_root"
+
+
+def test_the_migration_incident_write_up(config_path: Path) -> None:
+    (rep,) = report_of(config_path, MIGRATION).reports
+    assert rep.pattern == "P3009|P3018"
+    assert rep.fixed is not None and rep.fixed.name == "spector-00044-mop"
+    assert {v.id for v in rep.verifications} == {"errors", "cause_migrations",
+                                                 "fix_migrations", "quiet"}
+
+
+def test_period_and_cli_formats(config_path: Path) -> None:
+    runner = CliRunner()
+    md_out = runner.invoke(main, ["report", "--config", str(config_path)])
+    assert md_out.exit_code == 0, md_out.output
+    assert md_out.output.count("\n## spector") == 2
+    assert "### Verification" in md_out.output and "- [x] no MissingSessionTableError" in \
+        md_out.output
+    js = runner.invoke(main, ["report", ERRORS, "--config", str(config_path), "--format", "json"])
+    doc = json.loads(js.output)
+    (inc,) = doc["incidents"]
+    assert inc["incident"]["id"] == ERRORS and inc["impact"]["errors"] == 157
+    assert inc["fix"]["ready_at"] == "2025-12-13T01:06:20.418277Z"
+    assert {v["id"] for v in inc["verification"]} >= {"errors", "quiet", "requests_ok"}
+    none = runner.invoke(main, ["report", "--config", str(config_path), "--since", "1s"])
+    assert "No incident in this period." in none.output  # both resolved > 1s before the last check
+    missing = runner.invoke(main, ["report", "nope", "--config", str(config_path)])
+    assert missing.exit_code == 2
+
+
+def test_markdown_keeps_log_text_inert() -> None:
+    assert "<script>" not in md(HOSTILE) and "&lt;script&gt;" in md(HOSTILE)
+    assert "hunter2" not in md(HOSTILE) and "hunter2" not in block(HOSTILE)
+    assert r"\[x\]" in md(HOSTILE)
+    span = code("a`b``c")
+    assert span.startswith("```") and span.endswith("```")
+    fenced = block("x\n````\ny")
+    assert fenced.startswith("`````\n")
+
+
+def test_a_hostile_sample_in_the_markdown(config_path: Path) -> None:
+    report = report_of(config_path, ERRORS)
+    rep = report.reports[0]
+    rep.incident.sample = HOSTILE
+    text = report_markdown(report)
+    assert "hunter2" not in text
+    # the sample's own ``` cannot close the block around it
+    assert "````\n<script>alert(1)</script> <!channel>" in text
+
+
+def test_sent_notifications_is_empty_for_other_stores() -> None:
+    assert sent_notifications(object(), ERRORS) == []  # type: ignore[arg-type]
+
+
+def test_summary_and_checklist_for_slack(config_path: Path) -> None:
+    config = load(config_path)
+    store = open_store(config.state.url)
+    try:
+        state = store.load_state()
+    finally:
+        store.close()
+    inc = replace(state.incidents[ERRORS], sample=HOSTILE, signal="x<!channel>")
+    facts = tuple(state.service_revisions("spector"))
+    t = Transition(TransitionKind.RESOLVED, inc, inc.seq, inc.resolved_at or inc.last_seen,
+                   "resolved", revision_facts=facts)
+    text = summary_and_checklist(t, pattern="MissingSessionTableError", project="spector-prod")
+    assert len(text) <= 3000
+    assert text.startswith("*Write-up*\nspector: MissingSessionTableError")
+    assert ":white_check_mark: no MissingSessionTableError since 2025-12-13 01:07 UTC" in text
+    assert "21 successful request(s)" in text
+    assert "fixed by revision spector-00044-mop" in text
+    assert "<!channel>" not in text and "&lt;!channel&gt;" in text
+    long = replace(inc, resolution_note="x" * 10000, revisions={f"r{i}" * 50: 1
+                                                                 for i in range(200)})
+    t2 = replace(t, incident=long)
+    assert len(summary_and_checklist(t2)) <= 3000
