@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.correlate.model import Transition, TransitionKind
-from monitor.report import build, report_markdown, sent_notifications, summary_and_checklist
+from monitor.report import build, report_markdown, summary_and_checklist
 from monitor.report.markdown import block, code, md
 from monitor.store import open_store
 
@@ -130,10 +130,6 @@ def test_a_hostile_sample_in_the_markdown(config_path: Path) -> None:
     assert "hunter2" not in text
     # the sample's own ``` cannot close the block around it
     assert "````\n<script>alert(1)</script> <!channel>" in text
-
-
-def test_sent_notifications_is_empty_for_other_stores() -> None:
-    assert sent_notifications(object(), ERRORS) == []  # type: ignore[arg-type]
 
 
 def test_summary_and_checklist_for_slack(config_path: Path) -> None:

@@ -282,3 +282,18 @@ def test_a_dedupe_key_with_a_lone_surrogate_is_stored_and_found(store):
     key = "projects/p/logs/x\x1fid-\ud800"
     store.commit_cycle(State(), record(seen={key: T0}))
     assert store.seen_keys([key, "other"]) == {key}
+
+
+def test_sent_messages_are_listed_per_incident_in_order(store):
+    enqueue_ = [message(1, incident_id="a"), message(2, Action.REPLY, incident_id="a"),
+                message(3, incident_id="b")]
+    store.commit_cycle(state(), record(enqueue_))
+    first, second, other = store.queued()
+    assert store.sent("a") == []
+    store.mark_sent(first, Thread("C1", "1.1"))
+    store.mark_sent(other, Thread("C1", "1.2"))
+    store.mark_sent(second, Thread("C1", "1.1"))
+    sent = store.sent("a")
+    assert [s.message.key for s in sent] == ["a#1.0", "a#2.0"]
+    assert [s.ts for s in sent] == ["1.1", "1.1"]
+    assert all(s.sent_at.tzinfo is not None for s in sent)

@@ -14,8 +14,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,24 +40,9 @@ class SentNotification:
 
 
 def sent_notifications(store: Store, incident_id: str) -> list[SentNotification]:
-    """The delivered messages of one incident, oldest first; [] for stores other than SQLite.
-
-    The Store protocol exposes only queued rows; until it has a method for sent ones, this reads
-    the SQLite outbox directly, read-only (one SELECT on the store's connection).
-    """
-    db = getattr(store, "_db", None)
-    if not isinstance(db, sqlite3.Connection):
-        return []
-    rows = db.execute(
-        "SELECT key, payload, sent_at, sent_ts FROM outbox "
-        "WHERE incident_id = ? AND sent_at IS NOT NULL ORDER BY sent_at, id", (incident_id,))
-    out = []
-    for key, payload, sent_at, ts in rows:
-        message = json.loads(payload)
-        out.append(SentNotification(key, str(message.get("action", "")),
-                                    str(message.get("channel", "")),
-                                    str(message.get("text", "")), parse_time(sent_at), ts))
-    return out
+    """The delivered messages of one incident, oldest first (any store)."""
+    return [SentNotification(s.message.key, s.message.action.value, s.message.channel,
+                             s.message.text, s.sent_at, s.ts) for s in store.sent(incident_id)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,15 @@ class Queued:
     attempted_at: datetime | None = None  # real time the last attempt started
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A delivered message: what was said, when it was sent (wall clock) and Slack's ts."""
+
+    message: Message
+    sent_at: datetime
+    ts: str | None
+
+
 class Store(Protocol):
     def load_state(self) -> State: ...
 
@@ -53,6 +62,8 @@ class Store(Protocol):
     def queued(self) -> list[Queued]: ...
 
     def thread(self, incident_id: str) -> Thread | None: ...
+
+    def sent(self, incident_id: str) -> list[Sent]: ...
 
     def mark_sent(self, queued: Queued, thread: Thread) -> None: ...
 

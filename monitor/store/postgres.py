@@ -69,7 +69,7 @@ from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
-from monitor.store.base import CycleRecord, Queued
+from monitor.store.base import CycleRecord, Queued, Sent
 
 log = logging.getLogger(__name__)
 
@@ -561,6 +561,14 @@ class PostgresStore:
             "UPDATE outbox SET attempts = attempts + 1, attempted_at = %s WHERE id = %s",
             (attempted_at, queued.id)),
             what="count a delivery attempt", write=True, idempotent=False)
+
+    def sent(self, incident_id: str) -> list[Sent]:
+        rows = self._run(lambda cur: cur.execute(
+            "SELECT payload, sent_at, sent_ts FROM outbox WHERE incident_id = %s AND sent_at IS "
+            "NOT NULL ORDER BY sent_at, id", (_enc_text(incident_id),)).fetchall(),
+            what="read sent messages")
+        return [Sent(Message.from_json(_dec(p)), _utc(at) or datetime.now(UTC),
+                     _dec_text(ts) if ts is not None else None) for p, at, ts in rows]
 
     def thread(self, incident_id: str) -> Thread | None:
         row = self._run(lambda cur: cur.execute(

@@ -22,7 +22,7 @@ from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
-from monitor.store.base import CycleRecord, Queued
+from monitor.store.base import CycleRecord, Queued, Sent
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -257,6 +257,12 @@ class SQLiteStore:
         with self._tx() as db:
             db.execute("UPDATE outbox SET attempts = attempts + 1, attempted_at = ? WHERE id = ?",
                        (_now(), queued.id))
+
+    def sent(self, incident_id: str) -> list[Sent]:
+        rows = self._db.execute(
+            "SELECT payload, sent_at, sent_ts FROM outbox WHERE incident_id = ? AND sent_at IS "
+            "NOT NULL ORDER BY sent_at, id", (incident_id,))
+        return [Sent(Message.from_json(json.loads(p)), parse_time(at), ts) for p, at, ts in rows]
 
     def thread(self, incident_id: str) -> Thread | None:
         row = self._db.execute(
