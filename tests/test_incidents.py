@@ -334,3 +334,19 @@ def test_a_late_match_far_from_the_pending_ones_does_not_open():
     r = rules(open_after=2, window=5)
     out = run([hit(10)], now=10, r=r)
     assert kinds(run([hit(1)], now=11, state=out.state, r=r)) == []
+
+
+def test_matches_are_kept_per_time_bucket_and_stay_bounded():
+    from monitor.correlate.model import MAX_BUCKETS
+
+    slow = rules(resolve_after=60 * 24 * 30)
+    out = run([hit(m, "r42" if m < 3000 else "r43") for m in range(0, 6000, 7)], now=6000,
+              r=slow)
+    incident = the_incident(out)
+    assert len(incident.buckets) <= MAX_BUCKETS
+    assert sum(n for counts in incident.buckets.values() for n in counts.values()) \
+        == incident.count
+    assert {rev for counts in incident.buckets.values() for rev in counts} == {"r42", "r43"}
+    assert incident.bucket_seconds > 60  # widened for a four-day incident
+    again = type(incident).from_state(incident.to_state())
+    assert again.buckets == incident.buckets and again.bucket_seconds == incident.bucket_seconds

@@ -154,3 +154,20 @@ def test_summary_and_checklist_for_slack(config_path: Path) -> None:
                                                                  for i in range(200)})
     t2 = replace(t, incident=long)
     assert len(summary_and_checklist(t2)) <= 3000
+
+
+def test_a_live_source_charts_the_buckets_the_incident_keeps(config_path: Path) -> None:
+    """Without an export to re-read, the chart comes from the per-bucket counts in the store,
+    and they agree with the export: same total per revision."""
+    from monitor.report.chart import error_series
+
+    config = load(config_path)
+    (rep,) = report_of(config_path, ERRORS).reports
+    exact = error_series(config, rep)
+    live = config.model_copy(update={"source": config.source.model_copy(
+        update={"type": "cloud_logging", "path": None})})
+    from_buckets = error_series(live, rep)
+    assert exact and from_buckets
+    assert {r: len(ts) for r, ts in from_buckets.items()} == {r: len(ts) for r, ts in exact.items()}
+    assert {r: len(ts) for r, ts in from_buckets.items()} == {"spector-00042-wex": 144,
+                                                           "spector-00043-fiz": 13}

@@ -187,6 +187,8 @@ class _Machine:
             hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, window[-1][0],
             count=len(window), revisions=counts, sample=sample,
         )
+        for at, revision, _ in window:
+            incident.count_in_bucket(at, revision)
         incident.introduced_by = introduced_by
         incident.suspect_migrations = self.suspects(hit.service, introduced_by, first_at)
         self.announce(incident, hit.at, f"{len(window)} match(es) of {hit.signal} within "
@@ -194,6 +196,7 @@ class _Machine:
 
     def count_match(self, incident: Incident, at: datetime, revision: str | None) -> None:
         incident.count += 1
+        incident.count_in_bucket(at, revision)
         if revision is not None:
             if revision not in incident.revisions:
                 incident.changes.append(f"now also failing on revision {revision}")
@@ -238,6 +241,7 @@ class _Machine:
                 self.rules.migration_severity, ev.at, ev.at, count=1, revisions=revisions,
                 sample=ev.message,
             )
+            incident.count_in_bucket(ev.at, ev.revision)
             incident.introduced_by = ev.revision
             incident.suspect_migrations = [ev.name] if ev.name else []
             incident.migration = failure

@@ -101,6 +101,9 @@ class RevisionFacts:
         )
 
 
+MAX_BUCKETS = 240  # per incident: a bounded document, whatever the incident's length
+
+
 class IncidentStatus(StrEnum):
     OPEN = "open"
     RESOLVED = "resolved"
@@ -149,6 +152,25 @@ class Incident:
     notified_at: datetime | None = None
     changes: list[str] = field(default_factory=list)
     quiet_noted: bool = False
+    # Matches per time bucket and revision, for the report's chart: bucket start (epoch seconds,
+    # as text for JSON) -> revision -> count. At most MAX_BUCKETS: the buckets widen as it lasts.
+    bucket_seconds: int = 60
+    buckets: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count_in_bucket(self, at: datetime, revision: str | None) -> None:
+        size = self.bucket_seconds
+        key = str(int(at.timestamp()) // size * size)
+        per_revision = self.buckets.setdefault(key, {})
+        name = revision or "(unknown)"
+        per_revision[name] = per_revision.get(name, 0) + 1
+        while len(self.buckets) > MAX_BUCKETS:
+            size *= 2
+            merged: dict[str, dict[str, int]] = {}
+            for start, counts in self.buckets.items():
+                target = merged.setdefault(str(int(start) // size * size), {})
+                for rev, n in counts.items():
+                    target[rev] = target.get(rev, 0) + n
+            self.bucket_seconds, self.buckets = size, merged
 
     def to_json(self) -> dict[str, Any]:
         """The `incidents[]` object of the JSON contract."""
@@ -217,6 +239,8 @@ class Incident:
             notified_at=_t(d.get("notified_at")),
             changes=list(d.get("changes", [])),
             quiet_noted=bool(d.get("quiet_noted", False)),
+            bucket_seconds=int(d.get("bucket_seconds", 60)),
+            buckets={k: dict(v) for k, v in d.get("buckets", {}).items()},
         )
 
 

@@ -8,9 +8,9 @@ Rules:
   store draws the same bytes.
 - Names from the logs (revisions, migrations) reach the chart only as text matplotlib draws as
   glyphs; `$` is escaped so a name can never switch on mathtext.
-- Per-bucket counts need the entries: the store keeps totals only. With a `file` source (a
-  replayed export, local) the entries are read again and matched like the verification
-  commands match them; otherwise the chart shows each revision hit as a span with its total.
+- With a `file` source (a replayed export, local) the entries are read again and matched like
+  the verification commands match them; otherwise the chart uses the per-bucket counts each
+  incident keeps (at most 240 buckets, widening as the incident lasts).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import re
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import matplotlib
@@ -41,9 +41,10 @@ RC: Any = {"svg.fonttype": "path", "svg.hashsalt": "monitor-report", "font.size"
 
 
 def error_series(config: Config, rep: IncidentReport) -> Series | None:
-    """The incident's matches by revision, from a local export; None for a live source."""
+    """The incident's matches by revision: exact from a local export, else from the per-bucket
+    counts the incident keeps (each count placed at its bucket's start)."""
     if config.source.type != "file" or config.source.path is None or not rep.pattern:
-        return None
+        return _from_buckets(rep) or None
     from monitor.sources.file import FileSource
 
     inc = rep.incident
@@ -58,6 +59,15 @@ def error_series(config: Config, rep: IncidentReport) -> Series | None:
                 series.setdefault(entry.revision or "(unknown)", []).append(entry.timestamp)
     except (OSError, ValueError):
         return None
+    return series
+
+
+def _from_buckets(rep: IncidentReport) -> Series:
+    series: Series = {}
+    for start, counts in rep.incident.buckets.items():
+        at = datetime.fromtimestamp(int(start), UTC)
+        for revision, n in counts.items():
+            series.setdefault(revision, []).extend([at] * n)
     return series
 
 
