@@ -207,13 +207,14 @@ def run_cycle(
         raise Cancelled("shutting down before the commit")
     # 5. commit state, dedupe keys, checkpoint and outbox in one transaction
     moved = next_checkpoint(window, stats, now, checkpoint)
+    # No later read starts before moved.until - lateness (plan_window): older keys can go.
+    # Twice that, for a clock that steps back. Keys older than that are not even written.
+    forget = moved.until - 2 * lateness
     store.commit_cycle(outcome.state, CycleRecord(
         unit=unit,
         checkpoint=moved,
-        seen={e.key: e.timestamp for e in entries},
-        # No later read starts before moved.until - lateness (plan_window): older keys can go.
-        # Twice that, for a clock that steps back.
-        forget_before=moved.until - 2 * lateness,
+        seen={e.key: e.timestamp for e in entries if e.timestamp >= forget},
+        forget_before=forget,
         messages=messages,
         summary=_summary(now, stats, len(transitions), None),
     ))

@@ -8,6 +8,7 @@ emulator and production feed the classifier exactly the same values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,6 +90,7 @@ def format_time(t: datetime | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=1024)  # a project has few log names; this runs for every entry
 def _kind(log_name: str) -> EntryKind:
     tail = log_name.rsplit("/", 1)[-1].replace("%2F", "/").replace("%2f", "/")
     if tail == "run.googleapis.com/requests":

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
+
 from monitor.entries import LogEntry, MalformedEntry, from_json, normalise
 from monitor.queries import read_filter
 from monitor.sources.base import ReadStats, SourceError, Window
@@ -173,8 +175,6 @@ def _from_pb(pb: Any) -> LogEntry:
     global _severity
     if _severity is None:
         _severity = _severity_names()
-    from google.protobuf.json_format import MessageToDict
-
     payload = pb.WhichOneof("payload")
     text = pb.text_payload if payload == "text_payload" else None
     json_payload = MessageToDict(pb.json_payload) if payload == "json_payload" else None
