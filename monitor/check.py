@@ -28,7 +28,7 @@ from monitor.notify.message import Message, Notifier
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
 from monitor.sources.base import Checkpoint, ReadStats, Source, SourceError, Window
-from monitor.store.base import CycleRecord, Store
+from monitor.store.base import RETENTION, CycleRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,7 @@ def run_cycle(
         checkpoint=moved,
         seen={e.key: e.timestamp for e in entries if e.timestamp >= forget},
         forget_before=forget,
+        retain_after=moved.until - RETENTION,
         messages=messages,
         summary=_summary(now, stats, len(transitions), None),
     ))

@@ -29,8 +29,12 @@ def tables(text: str) -> list[list[str]]:
     """Every markdown table's body rows (header and separator dropped)."""
     found: list[list[str]] = []
     current: list[str] = []
+    fenced = False
     for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
+        if line.startswith("```"):  # a profile's tree lines start with "|" too: not a table
+            fenced = not fenced
+            continue
+        if not fenced and line.startswith("|"):
             current.append(line)
             continue
         if current:

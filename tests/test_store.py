@@ -297,3 +297,18 @@ def test_sent_messages_are_listed_per_incident_in_order(store):
     assert [s.message.key for s in sent] == ["a#1.0", "a#2.0"]
     assert [s.ts for s in sent] == ["1.1", "1.1"]
     assert all(s.sent_at.tzinfo is not None for s in sent)
+
+
+def test_retention_deletes_old_resolved_incidents_and_revisions_only(store):
+    s = state()
+    old = incident(IncidentStatus.RESOLVED)
+    old.id, old.resolved_at = "old", T0 - timedelta(days=40)
+    s.incidents["old"] = old
+    s.revisions[("spector", "ancient")] = RevisionFacts(
+        service="spector", name="ancient", first_seen=T0 - timedelta(days=50),
+        last_seen=T0 - timedelta(days=45))
+    store.commit_cycle(s, CycleRecord(unit="u", checkpoint=AT_T0, seen={}, forget_before=None,
+                                      messages=[], retain_after=T0 - timedelta(days=30)))
+    loaded = store.load_state()
+    assert set(loaded.incidents) == {incident().id}  # the open one stays, the old resolved goes
+    assert set(loaded.revisions) == {("spector", "spector-00042-wex")}

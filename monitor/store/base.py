@@ -9,12 +9,14 @@ only moves messages from "queued" to "sent" (`mark_sent`), one at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from monitor.correlate.state import State
 from monitor.notify.message import Message, Thread
 from monitor.sources.base import Checkpoint
+
+RETENTION = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,9 @@ class CycleRecord:
     forget_before: datetime | None  # dedupe keys older than this can no longer be re-read
     messages: list[Message]
     summary: dict[str, Any] = field(default_factory=dict)  # the last-cycle record for status
+    # Retention: resolved incidents and revisions last seen before this (event time), and sent
+    # messages older than RETENTION (real time), are deleted, so the state stays bounded.
+    retain_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

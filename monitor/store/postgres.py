@@ -69,7 +69,7 @@ from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
-from monitor.store.base import CycleRecord, Queued, Sent
+from monitor.store.base import RETENTION, CycleRecord, Queued, Sent
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +524,13 @@ class PostgresStore:
                        ON CONFLICT (key) DO NOTHING""", (seen_keys, seen_times))
             if record.forget_before is not None:
                 cur.execute("DELETE FROM seen WHERE ts < %s", (record.forget_before,))
+            if record.retain_after is not None:
+                cur.execute("DELETE FROM incidents WHERE status = 'resolved' AND "
+                            "(data->>'resolved_at')::timestamptz < %s", (record.retain_after,))
+                cur.execute("DELETE FROM revisions WHERE (data->>'last_seen')::timestamptz < %s",
+                            (record.retain_after,))
+                cur.execute("DELETE FROM outbox WHERE sent_at < %s",
+                            (datetime.now(UTC) - RETENTION,))
             if messages:
                 # One statement per message, in order: ids (BIGSERIAL) follow the list.
                 cur.executemany(

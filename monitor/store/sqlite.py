@@ -22,7 +22,7 @@ from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
-from monitor.store.base import CycleRecord, Queued, Sent
+from monitor.store.base import RETENTION, CycleRecord, Queued, Sent
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -213,6 +213,14 @@ class SQLiteStore:
             )
             if record.forget_before is not None:
                 db.execute("DELETE FROM seen WHERE ts < ?", (_ts(record.forget_before),))
+            if record.retain_after is not None:
+                cutoff = format_time(record.retain_after)
+                db.execute("DELETE FROM incidents WHERE status = 'resolved' AND "
+                           "json_extract(data, '$.resolved_at') < ?", (cutoff,))
+                db.execute("DELETE FROM revisions WHERE json_extract(data, '$.last_seen') < ?",
+                           (cutoff,))
+                db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
+                           (_ts(datetime.now(UTC) - RETENTION),))
             created = _now()
             db.executemany(
                 """INSERT OR IGNORE INTO outbox (key, incident_id, payload, created_at)
