@@ -312,3 +312,34 @@ def test_retention_deletes_old_resolved_incidents_and_revisions_only(store):
     loaded = store.load_state()
     assert set(loaded.incidents) == {incident().id}  # the open one stays, the old resolved goes
     assert set(loaded.revisions) == {("spector", "spector-00042-wex")}
+
+
+def test_sqlite_rewrites_only_the_documents_that_changed(tmp_path):
+    store = SQLiteStore(f"sqlite:///{tmp_path}/w.db")
+    s = state()
+    store.commit_cycle(s, record())
+    loaded = store.load_state()
+    before = store._db.total_changes
+    store.commit_cycle(loaded, record())  # nothing changed: meta and checkpoint only
+    unchanged = store._db.total_changes - before
+    loaded.incidents[incident().id].count += 1
+    before = store._db.total_changes
+    store.commit_cycle(loaded, record())
+    assert store._db.total_changes - before == unchanged + 1  # that one incident
+    assert store.load_state().incidents[incident().id].count == 8
+    store.close()
+
+
+def test_a_rolled_back_write_is_written_again(tmp_path):
+    store = SQLiteStore(f"sqlite:///{tmp_path}/r.db")
+    s = state()
+    store.commit_cycle(s, record())
+    s.incidents[incident().id].count = 99
+    bad = record(messages=[message(1)])
+    s.incidents["x"] = "not an incident"  # type: ignore[assignment]
+    with pytest.raises(AttributeError):
+        store.commit_cycle(s, bad)
+    del s.incidents["x"]
+    store.commit_cycle(s, record())
+    assert store.load_state().incidents[incident().id].count == 99
+    store.close()

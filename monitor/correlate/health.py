@@ -36,6 +36,9 @@ def source_health(
     state: State, *, unit: str, ok: bool, reason: str, now: datetime, failures_before_alert: int
 ) -> Outcome:
     """Fold one cycle's read outcome for `unit` into a copy of `state`."""
+    if ok and unit not in state.source_failures and state.open_incident(
+            unit, SOURCE_SIGNAL) is None:
+        return Outcome(state, [])  # the usual case: nothing to change, nothing to copy
     state = copy.deepcopy(state)
     transitions: list[Transition] = []
     incident = state.open_incident(unit, SOURCE_SIGNAL)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
@@ -23,6 +23,8 @@ from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
 from monitor.store.base import RETENTION, CycleRecord, Queued, Sent
+
+_Doc = TypeVar("_Doc", Incident, RevisionFacts)
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -102,6 +104,7 @@ class SQLiteStore:
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._written: dict[str, str] = {}  # document key -> JSON as stored
         self.migrate()
 
     @contextmanager
@@ -137,9 +140,11 @@ class SQLiteStore:
         for (data,) in self._db.execute("SELECT data FROM incidents"):
             incident = Incident.from_state(json.loads(data))
             state.incidents[incident.id] = incident
+            self._written[f"i\x1f{incident.id}"] = data
         for (data,) in self._db.execute("SELECT data FROM revisions"):
             facts = RevisionFacts.from_state(json.loads(data))
             state.revisions[(facts.service, facts.name)] = facts
+            self._written[f"r\x1f{facts.service}\x1f{facts.name}"] = data
         meta = self._meta("correlate")
         if meta:
             state.request_services = set(meta.get("request_services", []))
@@ -173,22 +178,26 @@ class SQLiteStore:
         return found
 
     def commit_cycle(self, state: State, record: CycleRecord) -> None:
+        # Only the documents that changed since they were loaded or last written: most cycles
+        # touch one incident and a revision or two, not the whole history.
+        incidents = self._changed(
+            (f"i\x1f{i.id}", i, json.dumps(i.to_state())) for i in state.incidents.values())
+        revisions = self._changed(
+            (f"r\x1f{f.service}\x1f{f.name}", f, json.dumps(f.to_state()))
+            for f in state.revisions.values())
         with self._tx() as db:
             db.executemany(
                 """INSERT INTO incidents (id, service, signal, status, first_seen, data)
                    VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                        data = excluded.data""",
-                [
-                    (i.id, i.service, i.signal, i.status.value, _ts(i.first_seen),
-                     json.dumps(i.to_state()))
-                    for i in state.incidents.values()
-                ],
+                [(i.id, i.service, i.signal, i.status.value, _ts(i.first_seen), text)
+                 for key, i, text in incidents],
             )
             db.executemany(
                 """INSERT INTO revisions (service, name, data) VALUES (?, ?, ?)
                    ON CONFLICT (service, name) DO UPDATE SET data = excluded.data""",
-                [(f.service, f.name, json.dumps(f.to_state())) for f in state.revisions.values()],
+                [(f.service, f.name, text) for key, f, text in revisions],
             )
             correlate = {
                 "request_services": sorted(state.request_services),
@@ -230,6 +239,12 @@ class SQLiteStore:
             )
             if record.summary:
                 self._set_meta(db, "last_cycle", record.summary)
+
+        # Remembered only once committed: a rolled-back write must be written again.
+        self._written.update((key, text) for key, _, text in [*incidents, *revisions])
+
+    def _changed(self, docs: Iterable[tuple[str, _Doc, str]]) -> list[tuple[str, _Doc, str]]:
+        return [(key, obj, text) for key, obj, text in docs if self._written.get(key) != text]
 
     @staticmethod
     def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
