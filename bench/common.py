@@ -55,7 +55,8 @@ class Section:
                 verdict = "n/a" if met is None else ("**yes**" if met else "**no**")
                 out.append(f"| {what} | {figure} | {verdict} |")
             out.append("")
-        out += [*self.notes]
+        for note in self.notes:
+            out += [note.rstrip(), ""]
         return "\n".join(out).rstrip() + "\n"
 
 

@@ -17,8 +17,10 @@ absolute times. A benchmark that fails is reported as such and the command exits
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,28 +104,30 @@ def findings(sections: list[Section]) -> list[str]:
         ranked = sorted(((v, k) for k, v in buckets.items() if k != "total"), reverse=True)
         worst = ", ".join(f"{k.split(' (')[0]} {100 * v / total:.0f} %" for v, k in ranked[:4])
         missed = [t for t in tp.targets if t[2] is False]
+        transport = next((v for k, v in buckets.items() if k.startswith("read: the gRPC")), 0.0)
+        own = total - transport
         out.append(
             "**Throughput** "
             + ("misses the 1.3x target" if missed else "meets the 1.3x target")
             + f". In the profiled cycle the biggest steps are: {worst}. The gRPC call is the "
-            "work the floor does too; everything else is the cycle's own cost per entry, in "
-            "pure Python: `_from_pb` builds a `LogEntry` through the keyword-only `normalise` "
-            "and makes two `datetime`s per entry (`_pb_time`), `MessageToDict` for every JSON "
-            "payload, `_kind`/`_project` string work per entry; `commit_cycle` writes a dedupe "
-            "key for every entry read (`strftime` per entry, then an index insert) and then "
-            "deletes most of them again in the same transaction when the backlog is older than "
-            "`2 x max_lateness`; `Classifier.classify` sorts every entry. Fixes, in order of "
-            "gain: (1) in `check.run_cycle`, keep in `CycleRecord.seen` only keys with "
-            "`timestamp >= forget_before` (the rest are deleted in the same transaction anyway) "
-            "and format them with `isoformat`; (2) in `_from_pb`, construct `LogEntry` directly, "
-            "cache `_kind`/`_project`/severity by log name, convert timestamps from "
-            "`seconds`/`nanos` with `datetime.fromtimestamp(s, UTC).replace(microsecond=...)` "
-            "and skip `MessageToDict` for request logs (only `httpRequest.status` is used); "
-            "(3) in `classify`, skip the sort when the source already reads in timestamp order. "
-            "Within 1.3x of the floor needs the per-entry Python work to stay under ~30 % of "
-            "the transport's own time, which probably also needs (4) classifying request logs "
-            "without materialising a `LogEntry` at all (they are half the traffic and only "
-            "their status, revision and time matter).")
+            f"work the floor does too; the other {100 * own / total:.0f} % is the cycle's own "
+            "work per entry, in pure Python. `sources/cloud_logging.py:_from_pb` builds each "
+            "`LogEntry` through the general keyword-argument `entries.normalise`, makes two "
+            "`datetime`s per entry (`_pb_time`: epoch + timedelta), converts every structured "
+            "payload whole with `MessageToDict` (JSON app logs, audit entries) and works out "
+            "the project per entry; `Classifier.classify` sorts every entry and dispatches "
+            "each one; `commit_cycle` formats (`strftime`) and inserts a dedupe key per entry "
+            "inside the forget window. Fixes, in order of gain: (1) a fast path in `_from_pb` "
+            "that fills `LogEntry` directly from the protobuf fields, converts timestamps with "
+            "`datetime.fromtimestamp(seconds, UTC)` plus `replace(microsecond=nanos // 1000)` "
+            "(or keeps integer nanoseconds until they are needed), and reads only "
+            "`message`/`error` from a JSON payload's Struct instead of `MessageToDict`; "
+            "(2) request logs (half of the traffic) folded without a full `LogEntry`: only "
+            "their time, service, revision and status are used; (3) `classify` skips the sort "
+            "when the source already reads in timestamp order (the API does); (4) dedupe keys "
+            "stored with a cheap time format (`isoformat`, or integer nanoseconds). Reaching "
+            "1.3x needs the per-entry work to drop to about a third of the transport's time, "
+            "so (1) and (2) are both needed.")
     mem = having("peaks")
     if mem is not None:
         out.append(
@@ -178,10 +182,24 @@ def findings(sections: list[Section]) -> list[str]:
             where = " On SQLite, the day's probe spends " + ", ".join(
                 f"{100 * v / total:.0f} % in {k.split(' (')[0]}" for v, k in sorted(
                     named, reverse=True)) + "."
+        bounded = all(t[2] for t in state.targets if "bounded" in t[0])
+        pg = state.data["probes"].get("PostgreSQL")
+        if pg:
+            last = pg[max(pg)]
+            live_rows = last["rows"]["incidents"] + last["rows"]["revisions"]
+            where += (
+                f" PostgreSQL grows faster than SQLite for the same rows: every cycle UPDATEs "
+                f"every incident and revision row, and each update leaves a dead row version "
+                f"(with its TOASTed JSONB) until vacuum reclaims it: {last['rows']['dead']:,} "
+                f"dead row versions against {live_rows:,} live incidents and revisions on day "
+                f"{max(pg)}, "
+                f"{last['rows']['vacuums']} vacuum(s) so far.")
         out.append(
-            "**Cost of state**: " + "; ".join(parts) + "." + where + " Only the dedupe keys "
-            "are bounded (deleted after `2 x max_lateness`); incidents, revision facts and sent "
-            "outbox rows are kept forever, and every cycle loads the whole state "
+            "**Cost of state**: " + "; ".join(parts) + "." + where + (
+                " The store is bounded (retention works)." if bounded else
+                " Only the dedupe keys are bounded (deleted after `2 x max_lateness`): "
+                "incidents, revision facts and sent outbox rows are kept, so the store grows "
+                "with the history.") + " Every cycle loads the whole state "
             "(`load_state`), deep-copies it twice (`correlate/health.py:source_health` copies "
             "the whole `State` even when the read was fine and nothing changes, then "
             "`correlate/incidents.py:advance` copies it again, and `_Machine.emit` deep-copies "
@@ -192,8 +210,30 @@ def findings(sections: list[Section]) -> list[str]:
             "the per-cycle cost at once; (2) write only the rows a cycle changed (dirty "
             "tracking) and load only open incidents plus recent revisions; (3) retention in "
             "`commit_cycle`: delete resolved incidents, revisions not seen, and sent outbox "
-            "rows older than a configurable age (e.g. 30 days), which bounds the store.")
+            "rows older than a configurable age (e.g. 30 days), which bounds the store and, "
+            "with it, the per-cycle cost.")
     return out
+
+
+def revision() -> str:
+    """The code measured: $MONITOR_BENCH_REVISION, else git's HEAD (and whether monitor/ has
+    uncommitted changes)."""
+    given = os.environ.get("MONITOR_BENCH_REVISION")
+    if given:
+        return given
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "monitor")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"commit {head}" + (" with uncommitted changes under monitor/" if dirty else "")
 
 
 def report(sections: list[Section], opts: Options, argv: list[str], elapsed: float) -> str:
@@ -203,7 +243,8 @@ def report(sections: list[Section], opts: Options, argv: list[str], elapsed: flo
         "# Benchmarks",
         "",
         f"Generated by `{command}` (interpreter `{sys.executable}`) on {m['date']}, in "
-        f"{elapsed / 60:.1f} minutes. Do not edit by hand: run the command again.",
+        f"{elapsed / 60:.1f} minutes, measuring {revision()}. Do not edit by hand: run the "
+        "command again.",
         "",
         table(["machine", ""], [["cores (os.cpu_count)", m["cores"]],
                                  ["memory (/proc/meminfo)", m["memory"]],

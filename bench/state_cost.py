@@ -121,7 +121,11 @@ class PostgresBackend:
         return int(rows[0][0])
 
     def rows(self) -> dict[str, int]:
-        return {t: int(self._query(f"SELECT count(*) FROM {t}")[0][0]) for t in TABLES}
+        counts = {t: int(self._query(f"SELECT count(*) FROM {t}")[0][0]) for t in TABLES}
+        dead, vacuums = self._query(
+            "SELECT coalesce(sum(n_dead_tup), 0), coalesce(sum(autovacuum_count + vacuum_count), "
+            "0) FROM pg_stat_user_tables")[0]
+        return {**counts, "dead": int(dead), "vacuums": int(vacuums)}
 
     def copy(self) -> str:
         name = f"{self.dbname}_c{len(self._copies)}"
@@ -219,10 +223,11 @@ def measure(opts: Options, progress: Any = print) -> Section:
                              ratio(p["size"], base["size"]), r["incidents"], r["revisions"],
                              r["seen"], r["outbox"], fmt_s(p["seconds"]),
                              ratio(p["seconds"], base["seconds"]), fmt_s(p["load"]),
-                             fmt_s(p["day_median"]), p["entries"]])
+                             fmt_s(p["day_median"]), p["entries"],
+                             f"{r['dead']:,} / {r['vacuums']}" if "dead" in r else "n/a"])
     if pg_missing:
         rows_out.append(["PostgreSQL", "-", f"not measured: {pg_missing}", "", "", "", "", "",
-                         "", "", "", "", ""])
+                         "", "", "", "", "", ""])
     section.intro = (
         f"{days} days of generated history for {len(SERVICES)} services, read one simulated "
         "hour per cycle (the same entries into each store). Probe: the cycle a 60 s poll runs "
@@ -234,7 +239,8 @@ def measure(opts: Options, progress: Any = print) -> Section:
     section.tables.append(table(
         ["store", "day", "size", "size ratio", "incidents", "revisions", "dedupe keys (seen)",
          "outbox rows", "probe cycle time", "cycle ratio", "of which load_state",
-         "median hourly cycle that day", "entries in probe"], rows_out))
+         "median hourly cycle that day", "entries in probe",
+         "dead row versions / vacuums (PostgreSQL)"], rows_out))
     for name in names:
         last, mid = probes[(name, probe_days[-1])], probes[(name, probe_days[-2])]
         base = probes[(name, probe_days[0])]

@@ -256,7 +256,8 @@ def measure(opts: Options, emu: EmulatorProcess, sizes: list[int],
         f"({kind}; {total:.2f} s with the profiler on), inclusive time of each step:\n\n"
         + table(["step", "time", "share of the cycle"], shares))
     section.notes.append(
-        f"Profile of that cycle ({kind}), call tree, top lines (% of the whole run):\n\n```\n"
+        f"Profile of that cycle ({kind}), call tree, top lines"
+        f"{' (% of the whole run)' if kind == 'pyinstrument' else ''}:\n\n```\n"
         f"{_trim_tree(prof['profile_tree'])}\n```\n")
     section.data["results"] = results
     section.data["profile"] = prof
