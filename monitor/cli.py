@@ -37,6 +37,7 @@ from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError
 from monitor.sources.file import FileSource
 from monitor.store import open_store
+from monitor.store.base import Store
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -75,6 +76,13 @@ def _fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
+def _open_store(config: Config) -> Store:
+    try:
+        return open_store(config.state.url)
+    except (OSError, ValueError) as exc:
+        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+
+
 def _load(path: str | None) -> Config:
     try:
         return load_config(path or default_config_path())
@@ -109,10 +117,7 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     out = sys.stdout if fmt == "text" else sys.stderr
     notifier = notify.build(config, out)
     results: list[CycleResult] = []
-    try:
-        store = open_store(config.state.url)
-    except (OSError, ValueError) as exc:
-        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {exc}")
+    store = _open_store(config)
     try:
         for unit in config.units:
             source = sources.build(config, unit)
@@ -202,10 +207,7 @@ def run(config_path: str | None, log_level: str) -> None:
     logs.configure(log_level, secrets=_secrets(config))
     from monitor import service
 
-    try:
-        store = open_store(config.state.url)
-    except (OSError, ValueError) as exc:
-        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+    store = _open_store(config)
     try:
         service.run(config, store)
     except CredentialsError as exc:
@@ -224,10 +226,7 @@ def status(config_path: str | None, fmt: str) -> None:
     from monitor.status import status_report, status_text
 
     config = _load(config_path)
-    try:
-        store = open_store(config.state.url)
-    except (OSError, ValueError) as exc:
-        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+    store = _open_store(config)
     try:
         report = status_report(config, store, datetime.now(UTC))
     finally:
@@ -248,10 +247,7 @@ def report(incident: str | None, config_path: str | None, since: timedelta, fmt:
     from monitor import report as write_up
 
     config = _load(config_path)
-    try:
-        store = open_store(config.state.url)
-    except (OSError, ValueError) as exc:
-        _fail(EXIT_INCOMPLETE, f"cannot open the state store: {mask_url(str(exc))}")
+    store = _open_store(config)
     try:
         built = write_up.build(config, store, incident, since)
         if fmt == "html":
