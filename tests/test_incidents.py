@@ -350,3 +350,13 @@ def test_matches_are_kept_per_time_bucket_and_stay_bounded():
     assert incident.bucket_seconds > 60  # widened for a four-day incident
     again = type(incident).from_state(incident.to_state())
     assert again.buckets == incident.buckets and again.bucket_seconds == incident.bucket_seconds
+
+
+def test_advance_does_not_mutate_the_revision_facts_of_its_input():
+    first = run([applied(1, "r42", BAD), hit(2)], now=2)
+    facts = first.state.revisions[(SVC, "r42")]
+    before = (facts.errors.copy(), len(facts.migrations), facts.last_seen)
+    second = run([hit(3), hit(4), applied(5, "r42", FIX)], now=5, state=first.state)
+    assert (facts.errors, len(facts.migrations), facts.last_seen) == before
+    assert second.state.revisions[(SVC, "r42")].errors == {SIG: 3}
+    assert second.state.revisions[(SVC, "r42")] is not facts

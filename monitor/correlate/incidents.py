@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,7 +99,7 @@ def advance(
     `complete_until`: the source guarantees no entry older than this is still to come. A quiet
     period must end before it, or silence may only be data that has not arrived yet.
     """
-    machine = _Machine(copy.deepcopy(state), rules)
+    machine = _Machine(_copy_for_cycle(state), rules)
     last: datetime | None = None
     for obs in sorted(observations, key=lambda o: o.at):
         if last is None or obs.at > last:  # all of one instant is folded before timers run
@@ -109,11 +110,21 @@ def advance(
     return Outcome(machine.state, machine.transitions)
 
 
+def _copy_for_cycle(state: State) -> State:
+    """A copy the cycle may change, without copying every revision's facts: a month of revisions
+    is most of the state, and a cycle touches a few. Revision facts are copied when first
+    folded (copy on write, in `_Machine.observe`)."""
+    copied = copy.deepcopy(dataclasses.replace(state, revisions={}))
+    copied.revisions = dict(state.revisions)
+    return copied
+
+
 class _Machine:
     def __init__(self, state: State, rules: Rules) -> None:
         self.state = state
         self.rules = rules
         self.transitions: list[Transition] = []
+        self.owned: set[rev.RevisionKey] = set()  # revision facts this cycle has copied
 
     # --- emitting ------------------------------------------------------------------------
 
@@ -148,6 +159,12 @@ class _Machine:
     # --- observations --------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> None:
+        if obs.revision is not None:
+            key = (obs.service, obs.revision)
+            if key not in self.owned:
+                self.owned.add(key)
+                if key in self.state.revisions:  # shared with the caller's state: copy first
+                    self.state.revisions[key] = copy.deepcopy(self.state.revisions[key])
         rev.fold(self.state.revisions, obs)
         if isinstance(obs, ErrorHit):
             self.error_hit(obs)
