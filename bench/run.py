@@ -174,44 +174,61 @@ def findings(sections: list[Section]) -> list[str]:
                          f"{days[-1]} days ({last['size'] / first['size']:.1f}x day {days[0]}) "
                          f"and the probe cycle takes {last['seconds'] / first['seconds']:.1f}x "
                          f"as long as on day {days[0]}")
-        shares = state.data.get("shares", {}).get("SQLite") or {}
-        total = shares.get("total") or 0.0
-        where = ""
-        if total:
-            named = [(v, k) for k, v in shares.items() if k != "total"]
-            where = " On SQLite, the day's probe spends " + ", ".join(
-                f"{100 * v / total:.0f} % in {k.split(' (')[0]}" for v, k in sorted(
-                    named, reverse=True)) + "."
         bounded = all(t[2] for t in state.targets if "bounded" in t[0])
+        flat = all(t[2] for t in state.targets if "flat" in t[0])
+        text = "**Cost of state**: " + "; ".join(parts) + "."
+        if bounded:
+            text += " The stores stay bounded: retention deletes what is no longer needed."
+        else:
+            text += (" The stores grow with the history: besides the dedupe keys (deleted after "
+                     "`2 x max_lateness`), what the cycle keeps (incidents, revision facts, "
+                     "sent outbox rows) is not deleted within these days.")
+        for name, shares in (state.data.get("shares") or {}).items():
+            total = shares.get("total") or 0.0
+            if not total:
+                continue
+            named = sorted(((v, k) for k, v in shares.items() if k != "total"), reverse=True)
+            text += (f" On {name}, the last day's probe spends " + ", ".join(
+                f"{100 * v / total:.0f} % in {k.split(' (')[0]}" for v, k in named) + ".")
         pg = state.data["probes"].get("PostgreSQL")
         if pg:
             last = pg[max(pg)]
             live_rows = last["rows"]["incidents"] + last["rows"]["revisions"]
-            where += (
-                f" PostgreSQL grows faster than SQLite for the same rows: every cycle UPDATEs "
-                f"every incident and revision row, and each update leaves a dead row version "
-                f"(with its TOASTed JSONB) until vacuum reclaims it: {last['rows']['dead']:,} "
-                f"dead row versions against {live_rows:,} live incidents and revisions on day "
-                f"{max(pg)}, "
-                f"{last['rows']['vacuums']} vacuum(s) so far.")
-        out.append(
-            "**Cost of state**: " + "; ".join(parts) + "." + where + (
-                " The store is bounded (retention works)." if bounded else
-                " Only the dedupe keys are bounded (deleted after `2 x max_lateness`): "
-                "incidents, revision facts and sent outbox rows are kept, so the store grows "
-                "with the history.") + " Every cycle loads the whole state "
-            "(`load_state`), deep-copies it twice (`correlate/health.py:source_health` copies "
-            "the whole `State` even when the read was fine and nothing changes, then "
-            "`correlate/incidents.py:advance` copies it again, and `_Machine.emit` deep-copies "
-            "the service's revision facts for every transition) and rewrites every incident and "
-            "revision row (`commit_cycle`). Fixes: (1) `source_health` should return the state "
-            "untouched when `ok` and no source incident is open (no copy), and `advance` copy "
-            "only the incidents and revisions it changes (copy-on-write), which removes most of "
-            "the per-cycle cost at once; (2) write only the rows a cycle changed (dirty "
-            "tracking) and load only open incidents plus recent revisions; (3) retention in "
-            "`commit_cycle`: delete resolved incidents, revisions not seen, and sent outbox "
-            "rows older than a configurable age (e.g. 30 days), which bounds the store and, "
-            "with it, the per-cycle cost.")
+            text += (
+                f" PostgreSQL's size counts dead row versions: the cycles' UPDATEs left "
+                f"{last['rows']['dead']:,} of them beside {live_rows:,} live incidents and "
+                f"revisions by day {max(pg)}, with {last['rows']['vacuums']} vacuum(s) (this "
+                f"server runs with `autovacuum = {state.data.get('autovacuum')}`; with "
+                "autovacuum on they are reclaimed about once a minute, but every rewritten row "
+                "still costs a new version).")
+        fixes = []
+        sqlite = (state.data.get("shares") or {}).get("SQLite") or {}
+        total = sqlite.get("total") or 0.0
+
+        def share(prefix: str) -> float:
+            return next((v / total for k, v in sqlite.items() if k.startswith(prefix)), 0.0) \
+                if total else 0.0
+
+        if share("`correlate/health.py") > 0.1:
+            fixes.append("`correlate/health.py:source_health` should not copy the state when "
+                         "the read was fine and no source incident is open")
+        if share("`correlate/incidents.py") > 0.2:
+            fixes.append("`correlate/incidents.py:advance` should copy only the incidents and "
+                         "revisions it changes (copy-on-write), not the whole `State`, and "
+                         "`_Machine.emit` not deep-copy every revision of the service per "
+                         "transition")
+        if share("`commit_cycle`") > 0.15:
+            fixes.append("`commit_cycle` should write only the rows the cycle changed")
+        if share("`load_state`") > 0.1:
+            fixes.append("`load_state` should load only open incidents and recent revisions "
+                         "instead of the whole history every cycle")
+        if not bounded:
+            fixes.append("retention (resolved incidents, revisions not seen and sent outbox "
+                         "rows older than a configurable age) should bound the store")
+        if fixes and not flat:
+            text += " What would fix it, in order of the profile's shares: " + "; ".join(
+                f"({n}) {f}" for n, f in enumerate(fixes, 1)) + "."
+        out.append(text)
     return out
 
 

@@ -1,17 +1,18 @@
-"""Cost of state: store size and cycle time after 30 simulated days of history.
+"""Cost of state: store size and cycle time after 30 (and 45) simulated days of history.
 
-What is measured: 30 days (2 with --quick) of generated traffic for five services (about 14,000
+What is measured: 45 days (2 with --quick) of generated traffic for five services (about 14,000
 entries a day: requests, app lines, deploys every ~8 h with their Prisma output, a broken deploy
 and its fix every sixth deploy) are read from the emulator one simulated hour per cycle into a
 SQLite store and a PostgreSQL one, exactly as `monitor run` would have read them (checkpoints,
-dedupe keys, incidents, revisions, outbox, console notifier). After day 1, 7, 15 and 30 each store
-is copied, a probe cycle is timed on fresh copies, and its size and row counts are recorded.
+dedupe keys, incidents, revisions, outbox, console notifier). After day 1, 7, 15, 30 and 45 each
+store is copied, a probe cycle is timed on fresh copies, and its size and rows are recorded.
 The probe is the cycle a 60-second poll would run next (one minute of new entries), so its time
 is mostly the cost of the state itself.
 
-Why that baseline: the same probe cycle on the store after one day of history. A store that keeps
-only what it needs (retention) stays the same size and the probe stays as fast after 30 days;
-anything kept forever and rewritten every cycle shows up as growth here. The PostgreSQL store
+Why those baselines: the same probe cycle on the store after one day of history shows what a
+month of history costs; the probe 15 days past the 30-day retention horizon against the one at
+the horizon shows whether retention keeps the store bounded and the cycle flat. Anything kept
+forever, or rewritten every cycle, shows up as growth here. The PostgreSQL store
 is measured the same way when the local server answers (127.0.0.1:5432, a throwaway database).
 """
 
@@ -106,6 +107,7 @@ class PostgresBackend:
         self._admin.execute(f'CREATE DATABASE "{self.dbname}"')
         self.url = f"{self._base}/{self.dbname}"
         self._copies: list[str] = []
+        self.autovacuum = str(self._admin.execute("SHOW autovacuum").fetchone()[0])
 
     def _query(self, sql: str) -> Any:
         import psycopg
@@ -161,8 +163,8 @@ def measure(opts: Options, progress: Any = print) -> Section:
     from monitor.sources.budget import RateLimiter
     from monitor.store import open_store
 
-    days = 2 if opts.quick else 30
-    probe_days = [1, 2] if opts.quick else [1, 7, 15, 30]
+    days = 2 if opts.quick else 45
+    probe_days = [1, 2] if opts.quick else [1, 7, 15, 30, 45]
     section = Section(f"Cost of state: {days} simulated days")
     work = Path(tempfile.mkdtemp(prefix="bench-state-", dir=opts.workdir))
     stores, pg_missing = backends(work)
@@ -228,6 +230,8 @@ def measure(opts: Options, progress: Any = print) -> Section:
     if pg_missing:
         rows_out.append(["PostgreSQL", "-", f"not measured: {pg_missing}", "", "", "", "", "",
                          "", "", "", "", "", ""])
+    pg = next((b for b in stores if isinstance(b, PostgresBackend)), None)
+    autovacuum = pg.autovacuum if pg is not None else "n/a"
     section.intro = (
         f"{days} days of generated history for {len(SERVICES)} services, read one simulated "
         "hour per cycle (the same entries into each store). Probe: the cycle a 60 s poll runs "
@@ -235,7 +239,13 @@ def measure(opts: Options, progress: Any = print) -> Section:
         f"`CREATE DATABASE ... TEMPLATE`), median of {opts.runs} run(s); baseline: the same "
         f"store on day {probe_days[0]}. PostgreSQL is the local server (127.0.0.1:5432), a "
         "throwaway database dropped afterwards; its size is `pg_total_relation_size` of the "
-        "tables (indexes and TOAST included), SQLite's the file on disk.")
+        "tables (indexes and TOAST included), SQLite's the file on disk. This server runs "
+        f"with `autovacuum = {autovacuum}`: dead row versions stay until a vacuum. The store's "
+        "retention horizon is 30 days (`monitor/store/base.py:RETENTION`), so the history runs "
+        "past it and the targets compare the last two probes: bounded and flat once retention "
+        "applies; the ratios to day 1 show what a month of retained history costs. Sent outbox "
+        "rows are deleted by real time (`sent_at`), which a simulated month cannot age: here "
+        "they are all kept.")
     section.tables.append(table(
         ["store", "day", "size", "size ratio", "incidents", "revisions", "dedupe keys (seen)",
          "outbox rows", "probe cycle time", "cycle ratio", "of which load_state",
@@ -243,15 +253,14 @@ def measure(opts: Options, progress: Any = print) -> Section:
          "dead row versions / vacuums (PostgreSQL)"], rows_out))
     for name in names:
         last, mid = probes[(name, probe_days[-1])], probes[(name, probe_days[-2])]
-        base = probes[(name, probe_days[0])]
         section.targets.append((f"{name} store bounded: size day {probe_days[-1]} vs day "
                                 f"{probe_days[-2]} <= {BOUNDED:.2f}x",
                                 ratio(last["size"], mid["size"]),
                                 last["size"] <= BOUNDED * mid["size"]))
         section.targets.append((f"{name} cycle time flat: day {probe_days[-1]} vs day "
-                                f"{probe_days[0]} <= {FLAT:.2f}x",
-                                ratio(last["seconds"], base["seconds"]),
-                                last["seconds"] <= FLAT * base["seconds"]))
+                                f"{probe_days[-2]} <= {FLAT:.2f}x",
+                                ratio(last["seconds"], mid["seconds"]),
+                                last["seconds"] <= FLAT * mid["seconds"]))
     for name, (kind, text, shares) in profiles.items():
         total = shares.get("total") or 0.0
         if total:
@@ -264,7 +273,7 @@ def measure(opts: Options, progress: Any = print) -> Section:
         section.notes.append(f"Profile of the day-{probe_days[-1]} probe cycle on {name} "
                              f"({kind}), call tree, top lines:\n\n```\n{text}\n```\n")
     section.data.update(probes={name: {d: probes[(name, d)] for d in probe_days}
-                                for name in names}, days=days,
+                                for name in names}, days=days, autovacuum=autovacuum,
                         shares={name: p[2] for name, p in profiles.items()})
     return section
 
