@@ -28,7 +28,7 @@ from monitor.notify.message import Message, Notifier
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
 from monitor.sources.base import Checkpoint, ReadStats, Source, SourceError, Window
-from monitor.store.base import RETENTION, CycleRecord, Store
+from monitor.store.base import RETENTION, CycleRecord, Lease, Store
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +173,26 @@ def run_cycle(
     default_lookback: timedelta | None = None,
     dry_run: bool = False,
     stop: threading.Event | None = None,
+    lease: Lease | None = None,
 ) -> CycleResult:
     """One cycle for one unit of work. With `stop` set (shutdown), it is abandoned before its
-    commit and raises Cancelled: the checkpoint stays, the next run reads the same entries."""
+    commit and raises Cancelled: the checkpoint stays, the next run reads the same entries.
+
+    With `lease`, every write is fenced by it (store/base.py): if another instance took the
+    unit over meanwhile, LeaseLost is raised and nothing of this cycle was written or sent."""
     lateness = config.poll.max_lateness
     checkpoint = store.checkpoint(unit)
     window = plan_window(checkpoint, now, since=since, default_lookback=default_lookback,
                          max_lateness=lateness)
     stats = ReadStats()
-    state = store.load_state()
+    state = store.load_state(unit)
     try:
         # 1. read what has not been seen
         entries = fresh_entries(store, source.read(window, stats), stop)
     except SourceError as exc:
         return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
-                            window=window, stats=stats, error=exc, dry_run=dry_run)
+                            window=window, stats=stats, error=exc, dry_run=dry_run,
+                            lease=lease)
     health = source_health(state, unit=unit, ok=True, reason="", now=now,
                            failures_before_alert=config.source.failures_before_alert)
     # 2. classify: entries -> observations
@@ -195,7 +200,7 @@ def run_cycle(
     # 3. correlate: state + observations -> state', transitions (pure, event time)
     outcome = advance(health.state, observations, now=now,
                       complete_until=complete_until(source, window, stats, now, lateness),
-                      rules=Rules.from_config(config))
+                      rules=Rules.from_config(config, unit))
     transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
     messages = [m for t in transitions for m in _render(config, t, project)]
@@ -218,10 +223,19 @@ def run_cycle(
         retain_after=moved.until - RETENTION,
         messages=messages,
         summary=_summary(now, stats, len(transitions), None),
+        lease=lease,
     ))
     # 6. deliver what is queued (this cycle's and any left by an earlier failure), in order
-    result.delivery = drain(store, notifier, stop=stop)
+    result.delivery = deliver(store, notifier, unit, lease, stop=stop)
     return result
+
+
+def deliver(store: Store, notifier: Notifier, unit: str, lease: Lease | None,
+            stop: threading.Event | None = None, deadline: float | None = None) -> Delivery:
+    """Drain this unit's outbox; under a lease, only its own messages and fenced by it."""
+    if lease is None:
+        return drain(store, notifier, stop=stop, deadline=deadline)
+    return drain(store, notifier, stop=stop, deadline=deadline, leases={unit: lease})
 
 
 def _summary(now: datetime, stats: ReadStats, transitions: int,
@@ -240,7 +254,7 @@ def _summary(now: datetime, stats: ReadStats, transitions: int,
 
 def _failed_read(config: Config, store: Store, notifier: Notifier, state: State, *, unit: str,
                  project: str | None, now: datetime, window: Window, stats: ReadStats,
-                 error: SourceError, dry_run: bool) -> CycleResult:
+                 error: SourceError, dry_run: bool, lease: Lease | None) -> CycleResult:
     """The read failed: nothing read is used, the checkpoint stays, the failure is counted.
 
     Entries yielded before the failure are dropped rather than half-used: the next cycle reads
@@ -254,6 +268,6 @@ def _failed_read(config: Config, store: Store, notifier: Notifier, state: State,
     if not dry_run:
         store.commit_cycle(health.state, CycleRecord(
             unit=unit, checkpoint=None, seen={}, forget_before=None, messages=messages,
-            summary=_summary(now, stats, len(health.transitions), str(error))))
-        result.delivery = drain(store, notifier)
+            summary=_summary(now, stats, len(health.transitions), str(error)), lease=lease))
+        result.delivery = deliver(store, notifier, unit, lease)
     return result

@@ -7,6 +7,7 @@ one incident open, 2 usage or config error, 3 the check could not complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -27,9 +28,11 @@ from monitor.config import (
     load_config,
     mask_url,
     masked,
+    unit_name,
 )
 from monitor.config import parse_duration as _parse_duration
 from monitor.entries import MalformedEntry, parse_time
+from monitor.leadership import instance_id
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
 from monitor.output import result_json, result_text
@@ -37,7 +40,7 @@ from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError
 from monitor.sources.file import FileSource
 from monitor.store import open_store
-from monitor.store.base import Store
+from monitor.store.base import Lease, LeaseLost, Store
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -118,27 +121,45 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     notifier = notify.build(config, out)
     results: list[CycleResult] = []
     store = _open_store(config)
+    # Like any instance, `once` writes a unit only under its lease; a unit that `monitor run`
+    # leads is checked read-only (nothing saved or sent: the leader does that).
+    holder = f"once-{instance_id()}"
+    leases: dict[str, Lease] = {}
     try:
+        if not dry_run:
+            leases = {lease.unit: lease for lease in store.claim(
+                holder, config.unit_names, config.lease, len(config.units))}
         for unit in config.units:
             source = sources.build(config, unit)
+            name = unit_name(unit)
+            lease = leases.get(name)
+            if lease is None and not dry_run:
+                log.warning("%s is led by another instance (`monitor status` shows which): "
+                            "checked read-only, nothing saved or sent", name)
             results.append(run_cycle(
                 config, store, source, notifier,
-                unit=unit.project or "default",
+                unit=name,
                 services=unit.services,
                 project=unit.project,
                 now=now_ or _clock(source),
                 since=since,
                 default_lookback=config.poll.first_lookback if source.live else None,
-                dry_run=dry_run,
+                dry_run=dry_run or lease is None,
+                lease=lease,
             ))
     except CredentialsError as exc:
         _fail(EXIT_USAGE, str(exc))
     except (SourceError, DeliveryError) as exc:
         _fail(EXIT_INCOMPLETE, f"check could not complete: {exc}")
+    except LeaseLost as exc:
+        _fail(EXIT_INCOMPLETE, f"check could not complete: another instance took over: {exc}")
     except (OSError, sqlite3.Error) as exc:  # the store went away (StoreUnavailable is an OSError)
         _fail(EXIT_INCOMPLETE, f"check could not complete: the state store failed: "
                                f"{mask_url(str(exc))}")
     finally:
+        with contextlib.suppress(Exception):  # else they expire by themselves
+            for lease in leases.values():
+                store.release(lease)
         store.close()
     result = results[0] if len(results) == 1 else _merge(results)
     if dry_run:
@@ -158,9 +179,11 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
 
 
 def _merge(results: list[CycleResult]) -> CycleResult:
-    """Several units of work share one store: the last cycle's state holds them all."""
+    """Several units of work: one result with every unit's state, counts and messages."""
     last = results[-1]
     for r in results[:-1]:
+        last.state.incidents.update(r.state.incidents)
+        last.state.revisions.update(r.state.revisions)
         last.stats.entries_read += r.stats.entries_read
         last.stats.entries_skipped += r.stats.entries_skipped
         last.stats.api_requests += r.stats.api_requests

@@ -235,6 +235,9 @@ class SlackConfig(_Model):
 
 class StateConfig(_Model):
     url: str = "sqlite:///.monitor/state.db"
+    # How long a unit's lease lasts without renewal (renewed every interval): after a leader
+    # dies, another instance takes over within this. Default: 3 intervals, at least 30 s.
+    lease: Duration | None = None
 
     @field_validator("url")
     @classmethod
@@ -249,6 +252,11 @@ class Target(_Model):
 
     project: str | None = None
     services: Annotated[list[str], Field(min_length=1)]
+
+
+def unit_name(unit: Target) -> str:
+    """The name a unit's checkpoint, lease and state go by in the store."""
+    return unit.project or "default"
 
 
 class Config(_Model):
@@ -270,6 +278,15 @@ class Config(_Model):
             raise ValueError("services: at least one service to watch is required")
         if self.source.type == "cloud_logging" and not all(t.project for t in self.units):
             raise ValueError("project: required when source.type is 'cloud_logging'")
+        projects = [t.project for t in self.targets]
+        again = next((i for i, p in enumerate(projects) if p in projects[:i]), None)
+        if again is not None:
+            raise ValueError(f"targets[{again}].project: {projects[again]!r} is already a "
+                             "target; list all of a project's services in one target")
+        if self.lease < 2 * self.poll.interval:
+            raise ValueError(f"state.lease: {format_duration(self.lease)} is less than twice "
+                             f"poll.interval ({format_duration(self.poll.interval)}); the "
+                             "leader would lose its lease between two checks")
         names = [s.name for s in self.signals]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -290,6 +307,16 @@ class Config(_Model):
         if self.targets:
             return list(self.targets)
         return [Target(project=self.project, services=list(self.services))]
+
+    @property
+    def lease(self) -> timedelta:
+        if self.state.lease is not None:
+            return self.state.lease
+        return max(3 * self.poll.interval, timedelta(seconds=30))
+
+    @property
+    def unit_names(self) -> list[str]:
+        return [unit_name(u) for u in self.units]
 
     @property
     def watched_services(self) -> list[str]:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitor.check import CycleResult
 from monitor.correlate.model import Incident, IncidentStatus
+from monitor.leadership import Change, Leadership
 
 
 class Metrics:
@@ -44,6 +45,18 @@ class Metrics:
                          "How far the checkpoint is behind real time", ["unit"], registry=r)
         self.last_success = Gauge("monitor_last_success_timestamp_seconds",
                                   "When a check last completed", registry=r)
+        self.leases = Gauge("monitor_lease_held", "1 for each unit of work this instance leads "
+                            "(its fencing token in monitor_lease_token)", ["unit"], registry=r)
+        self.lease_token = Gauge("monitor_lease_token", "Fencing token of each lease held",
+                                 ["unit"], registry=r)
+        self.lease_changes = Counter("monitor_lease_changes", "Leases acquired, lost (taken "
+                                     "over while held) and released (rebalanced)",
+                                     ["unit", "change"], registry=r)
+        self.role = Gauge("monitor_leader", "1 when this instance leads at least one unit, "
+                          "0 on standby", registry=r)
+        self.instances = Gauge("monitor_instances_alive", "Instances sharing the store whose "
+                               "heartbeat has not expired", registry=r)
+        self._open: dict[str, list[Incident]] = {}
         for outcome in ("ok", "failed", "error"):
             self.cycles.labels(outcome)
         for result in ("sent", "failed"):
@@ -63,10 +76,30 @@ class Metrics:
             self.lag.labels(unit).set(max((now - checkpoint_until).total_seconds(), 0.0))
         if not result.error:
             self.last_success.set(now.timestamp())
-        self.set_open(result.state.incidents.values())
+        self.set_open(unit, result.state.incidents.values())
 
-    def set_open(self, incidents: Iterable[Incident]) -> None:
+    def set_open(self, unit: str, incidents: Iterable[Incident]) -> None:
+        """Each unit's open incidents as its last cycle here saw them."""
+        self._open[unit] = [i for i in incidents if i.status is IncidentStatus.OPEN]
+        self._publish_open()
+
+    def _publish_open(self) -> None:
         self.open_incidents.clear()
-        for incident in incidents:
-            if incident.status is IncidentStatus.OPEN:
-                self.open_incidents.labels(incident.service, incident.signal).inc()
+        for incident in (i for found in self._open.values() for i in found):
+            self.open_incidents.labels(incident.service, incident.signal).inc()
+
+    def observe_leases(self, leadership: Leadership, changes: Iterable[Change]) -> None:
+        for change in changes:
+            self.lease_changes.labels(change.unit, change.kind).inc()
+        self.leases.clear()
+        self.lease_token.clear()
+        for unit, lease in leadership.held.items():
+            self.leases.labels(unit).set(1)
+            self.lease_token.labels(unit).set(lease.token)
+        gone = [u for u in self._open if u not in leadership.held]
+        for unit in gone:  # another instance reports its incidents now
+            del self._open[unit]
+        if gone:
+            self._publish_open()
+        self.role.set(1 if leadership.held else 0)
+        self.instances.set(leadership.alive)

@@ -5,6 +5,9 @@ Rules:
   it (APScheduler: one at a time, a late run coalesces, never piles up), watches it, and serves
   `/healthz`, `/readyz` and `/metrics`.
 - A cycle that raises is logged with its traceback and counted; the next one runs on time.
+- Each tick first renews this instance's leases and rebalances (leadership.py), then checks only
+  the units it leads; an instance that leads nothing is a healthy standby. /healthz and /metrics
+  say which role and leases it has. At shutdown it hands its units over at once (`leave`).
 - Shutdown (SIGTERM from Cloud Run, or SIGINT) abandons the running cycle before its commit, so
   the checkpoint stays consistent; then it sends what it can from the outbox within a bounded
   time, closes the store and returns: all well inside Cloud Run's 10-second grace period.
@@ -36,13 +39,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor import notify, sources
 from monitor.check import Cancelled, run_cycle
-from monitor.config import Config, format_duration
+from monitor.config import Config, format_duration, unit_name
+from monitor.leadership import Change, Leadership, instance_id
 from monitor.metrics import Metrics
 from monitor.notify.message import Notifier
 from monitor.notify.outbox import drain
 from monitor.sources.base import Source
 from monitor.sources.budget import RateLimiter
-from monitor.store.base import Store
+from monitor.store.base import LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
@@ -93,34 +97,59 @@ class Service:
     notifier: Notifier
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    holder: str = field(default_factory=instance_id)
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
         self.health = Health(self.config.poll.interval, self.clock())
+        self.leadership = Leadership(self.store, self.holder, self.config.unit_names,
+                                     self.config.lease, self.config.poll.interval)
         limiters: dict[str | None, RateLimiter] = {}
         self.sources: list[tuple[str, Any, Source]] = []
         for unit in self.config.units:
             # one budget per project, shared by all of its cycles, interrupted by a shutdown
             limiter = limiters.setdefault(unit.project, RateLimiter(
                 self.config.source.max_requests_per_minute, sleep=self.stop.wait))
-            self.sources.append((unit.project or "default", unit,
+            self.sources.append((unit_name(unit), unit,
                                  sources.build(self.config, unit, limiter, sleep=self.stop.wait)))
 
     # --- the job -------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One scheduled check over every unit of work; never raises."""
+        """One scheduled check over every unit this instance leads; never raises."""
         if self.stop.is_set():
             return
         self.idle.clear()
         try:
+            if not self._lead():
+                return
+            checked = 0
             for name, unit, source in self.sources:
-                self._check(name, unit, source)
+                if self.stop.is_set():
+                    break
+                if self.leadership.due(name):
+                    checked += 1
+                    self._check(name, unit, source)
+            if not checked and not self.stop.is_set():
+                self.health.last_ok = self.clock()  # a standby's work is its heartbeat
         finally:
             self.health.ran = True
             self.idle.set()
+
+    def _lead(self) -> bool:
+        """Renew, rebalance; False when the store could not be reached (no check this tick:
+        what this instance held is still fenced, and expires if this goes on)."""
+        try:
+            changes = self.leadership.refresh()
+        except Exception as exc:
+            self.health.last_error = f"cannot renew the leases: {type(exc).__name__}: {exc}"
+            self.health.failures += 1
+            log.warning("%s; no check this time", self.health.last_error)
+            return False
+        self.metrics.observe_leases(self.leadership, changes)
+        return True
 
     def _check(self, name: str, unit: Any, source: Source) -> None:
         started = time.monotonic()
@@ -130,10 +159,13 @@ class Service:
                 self.config, self.store, source, self.notifier, unit=name,
                 services=unit.services, project=unit.project, now=now,
                 default_lookback=self.config.poll.first_lookback if source.live else None,
-                stop=self.stop,
+                stop=self.stop, lease=self.leadership.held[name],
             )
         except Cancelled as exc:
             log.info("check of %s abandoned: %s; the next run re-reads it", name, exc)
+            return
+        except LeaseLost as exc:
+            self._lost(name, exc)
             return
         except Exception as exc:
             self.metrics.cycles.labels("error").inc()
@@ -141,6 +173,8 @@ class Service:
             self.health.failures += 1
             log.exception("check of %s failed unexpectedly; the next one runs on schedule", name)
             return
+        if name in result.delivery.lost:
+            self._lost(name, LeaseLost("refused while sending"))
         checkpoint = self.store.checkpoint(name)
         self.metrics.observe_cycle(name, result, time.monotonic() - started,
                                    len(self.store.queued()),
@@ -158,6 +192,14 @@ class Service:
                  result.stats.entries_read, result.stats.entries_skipped,
                  result.stats.api_requests, len(result.transitions), result.delivery.sent,
                  opened)
+
+    def _lost(self, name: str, exc: Exception) -> None:
+        """Another instance leads `name` now: nothing of this cycle was written or sent."""
+        lease = self.leadership.held.get(name)
+        self.leadership.lost(name)
+        self.metrics.observe_leases(self.leadership, [
+            Change(name, "lost", lease.token if lease else 0)])
+        log.warning("lost the lease of %s (%s); another instance leads it now", name, exc)
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_ERROR:  # tick() never raises; this is a last resort
@@ -191,8 +233,10 @@ class Service:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("monitor running: %d unit(s) of work every %s; http on %s:%d",
-                 len(self.sources), format_duration(self.config.poll.interval), host, port)
+        log.info("monitor running as %s: %d unit(s) of work every %s, leases of %s; http on "
+                 "%s:%d", self.holder, len(self.sources),
+                 format_duration(self.config.poll.interval), format_duration(self.config.lease),
+                 host, port)
         scheduler.start()
         try:
             # The main thread only waits: signal handlers run here and just set `stop`.
@@ -208,10 +252,20 @@ class Service:
         if not self.idle.wait(JOB_GRACE):
             log.warning("the running check did not stop within %.0fs", JOB_GRACE)
         else:
-            sent = drain(self.store, self.notifier, deadline=time.monotonic() + DRAIN_GRACE)
-            if sent.sent or sent.waiting:
-                log.info("shutdown: %d notification(s) sent, %d left queued", sent.sent,
-                         sent.waiting + sent.failed)
+            held = dict(self.leadership.held)
+            if held:
+                sent = drain(self.store, self.notifier, leases=held,
+                             deadline=time.monotonic() + DRAIN_GRACE)
+                if sent.sent or sent.waiting:
+                    log.info("shutdown: %d notification(s) sent, %d left queued", sent.sent,
+                             sent.waiting + sent.failed)
+            try:
+                self.leadership.leave()
+                if held:
+                    log.info("shutdown: handed over %s", ", ".join(sorted(held)))
+            except Exception as exc:  # the leases then expire by themselves
+                log.warning("shutdown: cannot release the leases (%s); they expire in %s",
+                            exc, format_duration(self.config.lease))
             self.store.close()
         if http is not None:
             http.shutdown()
@@ -224,7 +278,8 @@ def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                self._text(*service.health.healthz(service.clock()))
+                code, text = service.health.healthz(service.clock())
+                self._text(code, f"{text}\n{service.holder}: {service.leadership.describe()}")
             elif path == "/readyz":
                 self._text(*service.health.readyz())
             elif path == "/metrics":

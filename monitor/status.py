@@ -18,12 +18,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from monitor.config import Config
+from monitor.config import Config, unit_name
 from monitor.correlate.model import IncidentStatus, RevisionFacts
 from monitor.entries import MalformedEntry, format_time, parse_time
 from monitor.notify.safe import clean
 from monitor.output import incident_json, revision_json
-from monitor.store.base import Store
+from monitor.store.base import LeaseInfo, Store
 
 RECENT = timedelta(days=7)  # resolved incidents shown beside the open ones
 TEXT_REVISIONS = 5  # per service, in text; JSON lists them all
@@ -36,9 +36,10 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 def status_report(config: Config, store: Store, now: datetime) -> dict[str, Any]:
     """The store's view of the world at `now`, as one JSON-able object."""
     state = store.load_state()
+    leases = {info.unit: info for info in store.leases()}
     units = []
     for unit in config.units:
-        name = unit.project or "default"  # as check.py and service.py name units of work
+        name = unit_name(unit)
         checkpoint = store.checkpoint(name)
         units.append({
             "unit": name,
@@ -47,6 +48,7 @@ def status_report(config: Config, store: Store, now: datetime) -> dict[str, Any]
             "checkpoint": checkpoint.to_json() if checkpoint is not None else None,
             "lag_seconds": (now - checkpoint.until).total_seconds()
             if checkpoint is not None else None,
+            "lease": lease_json(leases.get(name)),
         })
     incidents = list(state.incidents.values())
     open_ = sorted((i for i in incidents if i.status is IncidentStatus.OPEN),
@@ -70,6 +72,40 @@ def status_report(config: Config, store: Store, now: datetime) -> dict[str, Any]
                           "last_error": q.last_error} for q in queued],
         },
     }
+
+
+def lease_json(info: LeaseInfo | None) -> dict[str, Any]:
+    """Who leads a unit: "held" (a live holder), "stuck" (its holder stopped heartbeating: the
+    lease expires by itself at expires_at), "expired" or "free" (the next instance takes it)."""
+    if info is None or info.holder is None:
+        state = "free"
+    elif not info.held:
+        state = "expired"
+    else:
+        state = "held" if info.holder_alive else "stuck"
+    return {
+        "state": state,
+        "holder": info.holder if info is not None else None,
+        "token": info.token if info is not None else 0,
+        "since": format_time(info.acquired_at) if info is not None and info.holder else None,
+        "expires_at": format_time(info.expires_at) if info is not None and info.holder else None,
+        "polled_at": format_time(info.polled_at) if info is not None else None,
+        "expires_in": (info.expires_at - info.now).total_seconds()
+        if info is not None and info.holder and info.expires_at else None,
+    }
+
+
+def lease_text(lease: dict[str, Any]) -> str:
+    state = lease["state"]
+    if state == "free":
+        return "no leader yet"
+    holder = _s(lease["holder"])
+    if state == "held":
+        return f"led by {holder} since {_t(lease['since'])} (token {lease['token']})"
+    if state == "stuck":
+        return (f"STUCK: led by {holder}, which stopped (no heartbeat); its lease expires in "
+                f"{human(max(lease['expires_in'], 0))}, then another instance takes over")
+    return f"lease of {holder} expired at {_t(lease['expires_at'])}: the next instance takes it"
 
 
 def _last_cycle(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -151,8 +187,9 @@ def _units_text(report: dict[str, Any]) -> list[str]:
     for u in report["units"]:
         name = f"  {_s(u['unit'])} ({', '.join(_s(s) for s in u['services'])})"
         cp = u["checkpoint"]
+        lead = f"      {lease_text(u['lease'])}"
         if cp is None:
-            out.append(f"{name}: never read")
+            out += [f"{name}: never read", lead]
             continue
         lag = u["lag_seconds"]
         behind = (f"{human(lag)} behind" if lag >= 0 else f"{human(lag)} ahead of the clock")
@@ -160,6 +197,7 @@ def _units_text(report: dict[str, Any]) -> list[str]:
         if cp["cursor"] is not None:
             out.append(f"      catching up: read to {_t(cp['cursor'])} of a window ending "
                        f"{_t(cp['window_end'])}")
+        out.append(lead)
     return out
 
 

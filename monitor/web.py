@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 
 from monitor.config import Config
 from monitor.report.html import h, page
-from monitor.status import human, status_report
+from monitor.status import human, lease_text, status_report
 from monitor.store import open_store
 
 HTML = "text/html; charset=utf-8"
@@ -63,7 +63,8 @@ def status_html(report: dict[str, Any]) -> str:
         cp, lag = u["checkpoint"], u["lag_seconds"]
         read = (f"read up to {_t(cp['until'])}, {h(human(lag))} behind" if cp else "never read")
         units.append(f"<li><code>{h(u['unit'])}</code> "
-                     f"({', '.join(h(s) for s in u['services'])}): {read}</li>")
+                     f"({', '.join(h(s) for s in u['services'])}): {read}; "
+                     f"{h(lease_text(u['lease']))}</li>")
     revs = []
     for r in report["revisions"]:
         migs = "<br>".join(

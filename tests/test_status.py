@@ -156,11 +156,13 @@ def test_checkpoint_lag_and_last_cycle(replayed):
     config, store, end = replayed
     report = status_report(config, store, end + timedelta(minutes=14, seconds=30))
     (unit,) = report["units"]
-    assert unit == {
+    lease = unit["lease"]
+    assert {k: v for k, v in unit.items() if k != "lease"} == {
         "unit": UNIT, "project": UNIT, "services": ["spector"],
         "checkpoint": {"until": format_time(end), "cursor": None, "window_end": None},
         "lag_seconds": 870.0,
     }
+    assert lease["state"] == "free" and lease["holder"] is None
     cycle_ = report["last_cycle"]
     assert cycle_["checked_at"] == format_time(end)
     assert cycle_["ok"] is True and cycle_["error"] is None
@@ -256,7 +258,9 @@ def test_an_empty_store(tmp_path, store):
     assert report == {
         "checked_at": "2025-12-13T02:00:00Z",
         "units": [{"unit": UNIT, "project": UNIT, "services": ["spector"], "checkpoint": None,
-                   "lag_seconds": None}],
+                   "lag_seconds": None,
+                   "lease": {"state": "free", "holder": None, "token": 0, "since": None,
+                             "expires_at": None, "polled_at": None, "expires_in": None}}],
         "last_cycle": None,
         "incidents": {"open": [], "recent": []},
         "revisions": [],

@@ -285,7 +285,7 @@ class _Machine:
     def new_incident(self, service: str, signal: str, kind: IncidentKind, severity: str,
                      first: datetime, last: datetime, *, count: int,
                      revisions: dict[str, int], sample: str) -> Incident:
-        base = f"{service}:{signal}:{first.strftime(FORMAT_ID)}"
+        base = f"{self.rules.namespace}{service}:{signal}:{first.strftime(FORMAT_ID)}"
         ident, n = base, 1
         while ident in self.state.incidents:
             n += 1

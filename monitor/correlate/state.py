@@ -27,10 +27,15 @@ class Rules:
     signals: dict[str, SignalRule]
     update_every: timedelta
     migration_severity: str = "critical"
+    # Prefixes incident ids when a config watches several units: each unit's state is its own,
+    # and the same service and signal in two projects must not make the same id.
+    namespace: str = ""
 
     @classmethod
-    def from_config(cls, config: Config) -> Rules:
+    def from_config(cls, config: Config, unit: str | None = None) -> Rules:
+        several = len(config.units) > 1
         return cls(
+            namespace=f"{unit}/" if several and unit else "",
             signals={
                 s.name: SignalRule(s.severity, s.open_after, s.window, s.resolve_after)
                 for s in config.signals

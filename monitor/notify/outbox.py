@@ -14,6 +14,11 @@ The guarantee, and how each step keeps it:
   incident (a reply never overtakes its root), while other incidents go on.
 - At most one message per `notifier.min_interval` per channel (Slack documents about one a
   second).
+- Under leases (several instances, store/base.py), an instance sends only the messages of the
+  units it leads, and every step is fenced by the unit's lease: an attempt is counted only
+  while the lease has at least the notifier's timeout (plus a second) left, so a send never
+  starts that the lease would not cover; a lost lease stops that unit's delivery at once, and
+  the new leader treats the message as in doubt (looks before posting).
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from monitor.notify.message import Action, DeliveryError, Notifier, Thread
-from monitor.store.base import Queued, Store
+from monitor.store.base import Lease, LeaseLost, Queued, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class Delivery:
     found: int = 0  # in doubt, and found already delivered: marked sent without a second post
     waiting: int = 0  # held back: behind a failed message of its incident, or not due yet
     errors: list[str] = field(default_factory=list)
+    lost: set[str] = field(default_factory=set)  # units whose lease was lost while sending
 
     @property
     def ok(self) -> bool:
@@ -80,18 +86,24 @@ def drain(
     deadline: float | None = None,
     stop: threading.Event | None = None,
     sleep: Callable[[float], object] = time.sleep,
+    leases: Mapping[str, Lease] | None = None,
 ) -> Delivery:
     """Send what is due. Stops early (the rest stays queued) at `deadline` (monotonic seconds)
-    or when `stop` is set: a shutdown sends what it can within its grace period."""
+    or when `stop` is set: a shutdown sends what it can within its grace period. With `leases`,
+    only the messages of those units, each step fenced by its unit's lease."""
     now = now or datetime.now(UTC)
     result = Delivery()
     blocked: set[str] = set()
     wait = stop.wait if stop is not None else sleep
     pacer = _Pacer(notifier.min_interval, wait)
-    queue = store.queued()
+    queue = store.queued(units=leases.keys() if leases is not None else None)
     unsent = {q.message.incident_id for q in queue}
     for queued in queue:
         message = queued.message
+        lease = leases.get(queued.unit) if leases is not None else None
+        if queued.unit in result.lost:
+            result.waiting += 1
+            continue
         out_of_time = (deadline is not None and time.monotonic() > deadline) or (
             stop is not None and stop.is_set())
         not_due = queued.next_attempt_at is not None and queued.next_attempt_at > now
@@ -116,15 +128,21 @@ def drain(
                 result.waiting += 1
                 continue
         try:
-            thread = _deliver(store, notifier, queued, root, pacer, result)
-        except DeliveryError as exc:
-            store.mark_failed(queued, str(exc), retry_at(exc, queued.attempts + 1, now))
-            blocked.add(message.incident_id)
-            result.failed += 1
-            result.errors.append(str(exc))
-            _report(queued, exc)
-            continue
-        store.mark_sent(queued, thread)
+            try:
+                thread = _deliver(store, notifier, queued, root, pacer, result, lease)
+            except DeliveryError as exc:
+                store.mark_failed(queued, str(exc), retry_at(exc, queued.attempts + 1, now),
+                                  lease=lease)
+                blocked.add(message.incident_id)
+                result.failed += 1
+                result.errors.append(str(exc))
+                _report(queued, exc)
+                continue
+            store.mark_sent(queued, thread, lease=lease)
+        except LeaseLost as exc:
+            log.warning("delivery for %s stopped: %s", queued.unit, exc)
+            result.lost.add(queued.unit)
+            result.waiting += 1
     return result
 
 
@@ -145,7 +163,7 @@ def _out_of_doubt(queued: Queued, timeout: float, wait: Callable[[float], object
 
 
 def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | None,
-             pacer: _Pacer, result: Delivery) -> Thread:
+             pacer: _Pacer, result: Delivery, lease: Lease | None) -> Thread:
     message = queued.message
     if queued.attempts > 0:  # an earlier try may have arrived: look before posting again
         try:
@@ -164,7 +182,7 @@ def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | No
             return found
     linked = store.thread(message.link_thread_of) if message.link_thread_of else None
     pacer.wait(message.channel)
-    store.mark_attempt(queued)
+    store.mark_attempt(queued, lease, min_left=timedelta(seconds=notifier.timeout + 1))
     try:
         thread = notifier.send(message, root, linked)
     finally:

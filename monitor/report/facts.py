@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from monitor.config import Config
+from monitor.config import Config, unit_name
 from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
@@ -128,7 +128,7 @@ def checked_until(config: Config, store: Store, service: str) -> datetime | None
     unit = next((u for u in config.units if service in u.services), None)
     if unit is None:
         return None
-    checkpoint = store.checkpoint(unit.project or "default")
+    checkpoint = store.checkpoint(unit_name(unit))
     return checkpoint.until if checkpoint is not None else None
 
 

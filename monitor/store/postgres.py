@@ -40,22 +40,28 @@ Secrets: every error this module raises or logs passes through `mask`, which mas
 password (`monitor.config.mask_url`), `password=...` in connection strings and the password
 itself; psycopg's own exceptions are never chained to ours, so no traceback shows them.
 
-Leases and fencing (several instances, #8) come as a later step of MIGRATIONS, e.g. a table
-`leases (unit text PRIMARY KEY, holder text, token bigint, expires_at timestamptz)`; the fencing
-check is then the first statement of every write transaction (`_run(write=True)`):
-`commit_cycle` knows its unit, and each outbox row records the unit that queued it
-(`outbox.unit`), so `mark_attempt`/`mark_sent`/`mark_failed` can be fenced too.
+Leases (store/base.py): expiry is the server's clock (`now()`), never an instance's. `claim`
+takes free or expired leases with `FOR UPDATE SKIP LOCKED`, so instances claiming together never
+wait for each other nor take the same unit; the fence (`_fence`) reads the lease row `FOR SHARE`
+as the first statement of each write for a unit, so a claim of that unit waits until the write
+has committed or rolled back (and a SKIP LOCKED claim simply passes it over this time): a write
+is either before the change of holder or refused.
+
+Only the documents a cycle changed are written (as SQLiteStore does): every rewritten row
+leaves a dead row version behind until vacuum, so rewriting the whole state each cycle would
+grow the table with every cycle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -66,10 +72,19 @@ from psycopg.types.json import Jsonb
 from monitor.config import mask_url
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
-from monitor.entries import format_time, parse_time
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
-from monitor.store.base import RETENTION, CycleRecord, Queued, Sent
+from monitor.store.base import (
+    RETENTION,
+    CycleRecord,
+    Lease,
+    LeaseInfo,
+    Queued,
+    Sent,
+    check_fence,
+    correlate_doc,
+    merge_correlate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +149,42 @@ MIGRATIONS: list[str] = [
         sent_ts text
     );
     CREATE INDEX outbox_queued ON outbox (id) WHERE sent_at IS NULL;
+    """,
+    # 2: the state partitioned by unit of work, leases and instances (see store/base.py). A
+    # store that watched one unit gives it its rows; with several, older rows stay unit ''
+    # (shown by status and reports, no longer loaded by a cycle).
+    """
+    ALTER TABLE incidents ADD COLUMN unit text NOT NULL DEFAULT '';
+    CREATE INDEX incidents_unit ON incidents (unit, status);
+    ALTER TABLE revisions ADD COLUMN unit text NOT NULL DEFAULT '';
+    ALTER TABLE seen ADD COLUMN unit text NOT NULL DEFAULT '';
+    DROP INDEX seen_ts;
+    CREATE INDEX seen_unit_ts ON seen (unit, ts);
+    CREATE TABLE leases (
+        unit text PRIMARY KEY,
+        holder text,
+        token bigint NOT NULL DEFAULT 0,
+        acquired_at timestamptz,
+        renewed_at timestamptz,
+        expires_at timestamptz NOT NULL DEFAULT '-infinity',
+        polled_at timestamptz
+    );
+    CREATE TABLE instances (
+        id text PRIMARY KEY,
+        started_at timestamptz NOT NULL,
+        seen_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    UPDATE incidents SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE revisions SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE seen SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE meta SET key = 'correlate:' || (SELECT unit FROM checkpoints)
+        WHERE key = 'correlate' AND (SELECT count(*) FROM checkpoints) = 1;
+    ALTER TABLE revisions DROP CONSTRAINT revisions_pkey;
+    ALTER TABLE revisions ADD PRIMARY KEY (unit, service, name);
     """,
 ]
 
@@ -256,6 +307,7 @@ class PostgresStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._pid: int | None = None
         self._closed = False
+        self._written: dict[str, str] = {}  # document key -> JSON text as last loaded or written
         try:
             self.migrate()
         except BaseException:
@@ -418,30 +470,36 @@ class PostgresStore:
 
     # --- state ---------------------------------------------------------------------------
 
-    def load_state(self) -> State:
-        def work(cur: Cursor) -> tuple[list[Any], list[Any], Any]:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            incidents = cur.execute("SELECT data FROM incidents ORDER BY seq").fetchall()
-            revisions = cur.execute("SELECT data FROM revisions ORDER BY seq").fetchall()
-            meta = _one(cur, "SELECT value FROM meta WHERE key = 'correlate'")
-            return incidents, revisions, meta
+    def load_state(self, unit: str | None = None) -> State:
+        where, args = ("WHERE unit = %s", (_enc_text(unit),)) if unit is not None else ("", ())
 
-        incidents, revisions, meta = self._run(work, what="load the state")
+        def work(cur: Cursor) -> tuple[list[Any], list[Any], list[Any]]:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            incidents = cur.execute(f"SELECT unit, data::text FROM incidents {where} ORDER BY seq",
+                                    args).fetchall()
+            revisions = cur.execute(f"SELECT unit, data::text FROM revisions {where} ORDER BY seq",
+                                    args).fetchall()
+            if unit is not None:
+                metas = cur.execute("SELECT value FROM meta WHERE key = %s",
+                                    (_enc_text(f"correlate:{unit}"),)).fetchall()
+            else:
+                metas = cur.execute("SELECT value FROM meta WHERE key LIKE 'correlate:%' "
+                                    "ORDER BY key").fetchall()
+            return incidents, revisions, metas
+
+        incidents, revisions, metas = self._run(work, what="load the state")
         state = State()
-        for (data,) in incidents:
-            incident = Incident.from_state(_dec(data))
+        for u, text in incidents:
+            incident = Incident.from_state(_dec(json.loads(text)))
             state.incidents[incident.id] = incident
-        for (data,) in revisions:
-            facts = RevisionFacts.from_state(_dec(data))
+            self._written[_doc_key("i", _dec_text(u), incident.id)] = text
+        for u, text in revisions:
+            facts = RevisionFacts.from_state(_dec(json.loads(text)))
             state.revisions[(facts.service, facts.name)] = facts
-        meta = _dec(meta)
-        if meta:
-            state.request_services = set(meta.get("request_services", []))
-            state.source_failures = {unit: n for unit, n in meta.get("source_failures", [])}
-            for service, signal, items in meta.get("pending", []):
-                state.pending[(service, signal)] = [
-                    (parse_time(at), revision, sample) for at, revision, sample in items
-                ]
+            self._written[_doc_key("r", _dec_text(u), facts.service, facts.name)] = text
+        for (meta,) in metas:
+            if meta:
+                merge_correlate(state, _dec(meta))
         return state
 
     def _meta(self, key: str) -> Any:
@@ -468,48 +526,53 @@ class PostgresStore:
         documents are upserted, the seen keys and the outbox are `INSERT ... ON CONFLICT DO
         NOTHING` (the outbox keyed by each message's idempotency key: a message already queued,
         or already sent, is not queued again), pruning deletes by time. Run twice, it leaves
-        exactly what running it once leaves.
+        exactly what running it once leaves. With `record.lease`, fenced (store/base.py).
         """
         # Built before the transaction: a bad value fails here, having written nothing, and a
-        # retry writes exactly the same rows.
-        incidents = [
-            (_enc_text(i.id), _enc_text(i.service), _enc_text(i.signal), i.status.value,
-             i.first_seen, _doc(i.to_state()))
-            for i in state.incidents.values()
-        ]
-        revisions = [(_enc_text(f.service), _enc_text(f.name), _doc(f.to_state()))
-                     for f in state.revisions.values()]
-        correlate = _doc({
-            "request_services": sorted(state.request_services),
-            "source_failures": [[unit, n] for unit, n in state.source_failures.items()],
-            "pending": [
-                [service, signal,
-                 [[format_time(at), revision, sample] for at, revision, sample in items]]
-                for (service, signal), items in state.pending.items()
-            ],
-        })
+        # retry writes exactly the same rows. Only documents that changed are written.
+        unit = _enc_text(record.unit)
+        incidents = []
+        for i in state.incidents.values():
+            data = _enc(i.to_state())
+            key = _doc_key("i", record.unit, i.id)
+            text = _canonical(key, data, self._written)
+            if text is not None:
+                incidents.append((key, text, (_enc_text(i.id), unit, _enc_text(i.service),
+                                              _enc_text(i.signal), i.status.value,
+                                              i.first_seen, Jsonb(data))))
+        revisions = []
+        for f in state.revisions.values():
+            data = _enc(f.to_state())
+            key = _doc_key("r", record.unit, f.service, f.name)
+            text = _canonical(key, data, self._written)
+            if text is not None:
+                revisions.append((key, text, (unit, _enc_text(f.service), _enc_text(f.name),
+                                              Jsonb(data))))
+        correlate = _doc(correlate_doc(state))
         checkpoint = record.checkpoint
         seen_keys = [_enc_text(k) for k in record.seen]
         seen_times = list(record.seen.values())
         created = datetime.now(UTC)
-        unit = _enc_text(record.unit)
         messages = [(_enc_text(m.key), unit, _enc_text(m.incident_id), _doc(m.to_json()),
                      created) for m in record.messages]
         summary = _doc(record.summary) if record.summary else None
+        lease = record.lease
 
         def work(cur: Cursor) -> None:
+            if lease is not None:
+                _fence(cur, lease)
             if incidents:
                 cur.executemany(
-                    """INSERT INTO incidents (id, service, signal, status, first_seen, data)
-                       VALUES (%s, %s, %s, %s, %s, %s)
+                    """INSERT INTO incidents (id, unit, service, signal, status, first_seen, data)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s)
                        ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                           data = excluded.data""", incidents)
+                           data = excluded.data""", [row for _, _, row in incidents])
             if revisions:
                 cur.executemany(
-                    """INSERT INTO revisions (service, name, data) VALUES (%s, %s, %s)
-                       ON CONFLICT (service, name) DO UPDATE SET data = excluded.data""",
-                    revisions)
-            _set_meta(cur, "correlate", correlate)
+                    """INSERT INTO revisions (unit, service, name, data) VALUES (%s, %s, %s, %s)
+                       ON CONFLICT (unit, service, name) DO UPDATE SET data = excluded.data""",
+                    [row for _, _, row in revisions])
+            _set_meta(cur, _enc_text(f"correlate:{record.unit}"), correlate)
             if checkpoint is not None:
                 cur.execute(
                     """INSERT INTO checkpoints (unit, value, until, updated_at)
@@ -519,27 +582,33 @@ class PostgresStore:
                     (unit, _doc(checkpoint.to_json()), checkpoint.until, created))
             if seen_keys:
                 cur.execute(
-                    """INSERT INTO seen (key, ts)
-                       SELECT * FROM unnest(%s::text[], %s::timestamptz[])
-                       ON CONFLICT (key) DO NOTHING""", (seen_keys, seen_times))
+                    """INSERT INTO seen (key, unit, ts)
+                       SELECT k, %s, t FROM unnest(%s::text[], %s::timestamptz[]) AS s(k, t)
+                       ON CONFLICT (key) DO NOTHING""", (unit, seen_keys, seen_times))
             if record.forget_before is not None:
-                cur.execute("DELETE FROM seen WHERE ts < %s", (record.forget_before,))
+                cur.execute("DELETE FROM seen WHERE unit = %s AND ts < %s",
+                            (unit, record.forget_before))
             if record.retain_after is not None:
-                cur.execute("DELETE FROM incidents WHERE status = 'resolved' AND "
-                            "(data->>'resolved_at')::timestamptz < %s", (record.retain_after,))
-                cur.execute("DELETE FROM revisions WHERE (data->>'last_seen')::timestamptz < %s",
-                            (record.retain_after,))
-                cur.execute("DELETE FROM outbox WHERE sent_at < %s",
-                            (datetime.now(UTC) - RETENTION,))
+                cur.execute("DELETE FROM incidents WHERE unit = %s AND status = 'resolved' AND "
+                            "(data->>'resolved_at')::timestamptz < %s",
+                            (unit, record.retain_after))
+                cur.execute("DELETE FROM revisions WHERE unit = %s AND "
+                            "(data->>'last_seen')::timestamptz < %s",
+                            (unit, record.retain_after))
+                cur.execute("DELETE FROM outbox WHERE unit = %s AND sent_at < %s",
+                            (unit, datetime.now(UTC) - RETENTION))
             if messages:
                 # One statement per message, in order: ids (BIGSERIAL) follow the list.
                 cur.executemany(
                     """INSERT INTO outbox (key, unit, incident_id, payload, created_at)
                        VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING""", messages)
+            cur.execute("UPDATE leases SET polled_at = now() WHERE unit = %s", (unit,))
             if summary is not None:
                 _set_meta(cur, "last_cycle", summary)
 
         self._run(work, what="commit the cycle", write=True)
+        # Remembered only once committed: a rolled-back write must be written again.
+        self._written.update((key, text) for key, text, _ in [*incidents, *revisions])
 
     def last_cycle(self) -> dict[str, Any] | None:
         value = self._meta("last_cycle")
@@ -553,21 +622,27 @@ class PostgresStore:
 
     # --- outbox --------------------------------------------------------------------------
 
-    def queued(self) -> list[Queued]:
+    def queued(self, units: Collection[str] | None = None) -> list[Queued]:
         rows = self._run(lambda cur: cur.execute(
-            "SELECT id, payload, attempts, last_error, next_attempt_at, attempted_at "
+            "SELECT id, payload, attempts, last_error, next_attempt_at, attempted_at, unit "
             "FROM outbox WHERE sent_at IS NULL ORDER BY id").fetchall(), what="read the outbox")
-        return [Queued(i, Message.from_json(_dec(p)), a,
-                       _dec_text(e) if e is not None else None, _utc(n), _utc(t))
-                for i, p, a, e, n, t in rows]
+        queued = [Queued(i, Message.from_json(_dec(p)), a,
+                         _dec_text(e) if e is not None else None, _utc(n), _utc(t), _dec_text(u))
+                  for i, p, a, e, n, t, u in rows]
+        return [q for q in queued if units is None or q.unit in units]
 
-    def mark_attempt(self, queued: Queued) -> None:
+    def mark_attempt(self, queued: Queued, lease: Lease | None = None,
+                     min_left: timedelta = timedelta(0)) -> None:
         # Not idempotent (an increment): a lost COMMIT is looked up, never blindly re-run.
         attempted_at = datetime.now(UTC)
-        self._run(lambda cur: cur.execute(
-            "UPDATE outbox SET attempts = attempts + 1, attempted_at = %s WHERE id = %s",
-            (attempted_at, queued.id)),
-            what="count a delivery attempt", write=True, idempotent=False)
+
+        def work(cur: Cursor) -> None:
+            if lease is not None:
+                _fence(cur, lease, min_left)
+            cur.execute("UPDATE outbox SET attempts = attempts + 1, attempted_at = %s "
+                        "WHERE id = %s", (attempted_at, queued.id))
+
+        self._run(work, what="count a delivery attempt", write=True, idempotent=False)
 
     def sent(self, incident_id: str) -> list[Sent]:
         rows = self._run(lambda cur: cur.execute(
@@ -583,11 +658,13 @@ class PostgresStore:
             (_enc_text(incident_id),)).fetchone(), what="read a thread")
         return Thread(channel=_dec_text(row[0]), ts=_dec_text(row[1])) if row else None
 
-    def mark_sent(self, queued: Queued, thread: Thread) -> None:
+    def mark_sent(self, queued: Queued, thread: Thread, lease: Lease | None = None) -> None:
         sent_at = datetime.now(UTC)
         root = queued.message.action is Action.POST_ROOT
 
         def work(cur: Cursor) -> None:
+            if lease is not None:
+                _fence(cur, lease)
             cur.execute("UPDATE outbox SET sent_at = %s, sent_ts = %s WHERE id = %s",
                         (sent_at, _enc_text(thread.ts), queued.id))
             if root:
@@ -600,16 +677,142 @@ class PostgresStore:
 
         self._run(work, what="mark a message sent", write=True)
 
-    def mark_failed(self, queued: Queued, error: str, retry_at: datetime | None = None) -> None:
+    def mark_failed(self, queued: Queued, error: str, retry_at: datetime | None = None,
+                    lease: Lease | None = None) -> None:
+        def work(cur: Cursor) -> None:
+            if lease is not None:
+                _fence(cur, lease)
+            cur.execute("UPDATE outbox SET last_error = %s, next_attempt_at = %s WHERE id = %s",
+                        (_enc_text(error), retry_at, queued.id))
+
+        self._run(work, what="record a delivery failure", write=True)
+
+    # --- leases (store/base.py) ---------------------------------------------------------
+
+    def heartbeat(self, holder: str, ttl: timedelta) -> int:
+        def work(cur: Cursor) -> int:
+            cur.execute(
+                """INSERT INTO instances (id, started_at, seen_at, expires_at)
+                   VALUES (%s, now(), now(), now() + %s)
+                   ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at,
+                       expires_at = excluded.expires_at""", (_enc_text(holder), ttl))
+            cur.execute("DELETE FROM instances WHERE expires_at < now() - %s", (GONE,))
+            return int(_one(cur, "SELECT count(*) FROM instances WHERE expires_at > now()"))
+
+        return self._run(work, what="record this instance's heartbeat", write=True)
+
+    def claim(self, holder: str, units: Collection[str], ttl: timedelta,
+              limit: int) -> list[Lease]:
+        if limit <= 0 or not units:
+            return []
+        names = [_enc_text(u) for u in units]
+
+        def work(cur: Cursor) -> list[Any]:
+            cur.execute("INSERT INTO leases (unit) SELECT unnest(%s::text[]) "
+                        "ON CONFLICT (unit) DO NOTHING", (names,))
+            return cur.execute(
+                """WITH free AS (
+                       SELECT unit FROM leases
+                       WHERE unit = ANY(%s::text[]) AND (holder IS NULL OR expires_at <= now())
+                       ORDER BY expires_at, unit LIMIT %s
+                       FOR UPDATE SKIP LOCKED)
+                   UPDATE leases l SET holder = %s, token = l.token + 1, acquired_at = now(),
+                       renewed_at = now(), expires_at = now() + %s
+                   FROM free WHERE l.unit = free.unit
+                   RETURNING l.unit, l.token, l.acquired_at, l.expires_at, l.polled_at, now()""",
+                (names, limit, _enc_text(holder), ttl)).fetchall()
+
+        rows = self._run(work, what="claim leases", write=True)
+        return sorted((Lease(_dec_text(u), holder, int(t), _utc(a) or _epoch(),
+                             _utc(e) or _epoch(), _utc(p), _utc(n))
+                       for u, t, a, e, p, n in rows), key=lambda lease: lease.unit)
+
+    def renew(self, lease: Lease, ttl: timedelta) -> Lease | None:
+        row = self._run(lambda cur: cur.execute(
+            """UPDATE leases SET renewed_at = now(), expires_at = now() + %s
+               WHERE unit = %s AND holder = %s AND token = %s
+               RETURNING expires_at, polled_at, now()""",
+            (ttl, _enc_text(lease.unit), _enc_text(lease.holder), lease.token)).fetchone(),
+            what="renew a lease", write=True)
+        if row is None:
+            return None
+        return Lease(lease.unit, lease.holder, lease.token, lease.acquired_at,
+                     _utc(row[0]) or _epoch(), _utc(row[1]), _utc(row[2]))
+
+    def release(self, lease: Lease) -> None:
         self._run(lambda cur: cur.execute(
-            "UPDATE outbox SET last_error = %s, next_attempt_at = %s WHERE id = %s",
-            (_enc_text(error), retry_at, queued.id)),
-            what="record a delivery failure", write=True)
+            """UPDATE leases SET holder = NULL, expires_at = now()
+               WHERE unit = %s AND holder = %s AND token = %s""",
+            (_enc_text(lease.unit), _enc_text(lease.holder), lease.token)),
+            what="release a lease", write=True)
+
+    def leave(self, holder: str) -> None:
+        def work(cur: Cursor) -> None:
+            cur.execute("UPDATE leases SET holder = NULL, expires_at = now() WHERE holder = %s",
+                        (_enc_text(holder),))
+            cur.execute("DELETE FROM instances WHERE id = %s", (_enc_text(holder),))
+
+        self._run(work, what="leave", write=True)
+
+    def leases(self) -> list[LeaseInfo]:
+        rows = self._run(lambda cur: cur.execute(
+            """SELECT l.unit, l.holder, l.token, l.acquired_at, l.expires_at, l.polled_at,
+                      coalesce(i.expires_at > now(), false), now()
+               FROM leases l LEFT JOIN instances i ON i.id = l.holder
+               ORDER BY l.unit""").fetchall(), what="read the leases")
+        return [LeaseInfo(_dec_text(u), _dec_text(h) if h is not None else None, int(t), _utc(a),
+                          _finite(e), _utc(p), bool(alive), _utc(n) or datetime.now(UTC))
+                for u, h, t, a, e, p, alive, n in rows]
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._discard()
+
+
+GONE = timedelta(days=1)  # an instance not seen for this long is forgotten
+
+
+def _epoch() -> datetime:
+    return datetime.min.replace(tzinfo=UTC)
+
+
+def _finite(t: datetime | None) -> datetime | None:
+    """psycopg reads '-infinity' (a lease never taken) as datetime.min."""
+    return None if t is None or t.year == 1 else _utc(t)
+
+
+def _doc_key(kind: str, unit: str, *names: str) -> str:
+    return "\x1f".join((kind, unit, *names))
+
+
+def _canonical(key: str, data: Any, written: dict[str, str]) -> str | None:
+    """The document as JSONB gives it back, if it differs from what was last loaded or
+    written under `key`; None when it is unchanged and need not be written."""
+    text = _jsonb_text(data)
+    return None if written.get(key) == text else text
+
+
+def _jsonb_text(value: Any) -> str:
+    """JSON text in JSONB's output form, so a loaded document compares equal to its rewrite:
+    object members ordered by key length then bytes, ", " and ": " separators."""
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode()))
+        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_jsonb_text(v)}"
+                               for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_jsonb_text(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _fence(cur: Cursor, lease: Lease, min_left: timedelta = timedelta(0)) -> None:
+    """The first statement of a write for a unit: refuse unless `lease` still holds it. The row
+    is locked FOR SHARE until the transaction ends, so a change of holder waits for it."""
+    row = cur.execute("SELECT holder, token, expires_at, now() FROM leases WHERE unit = %s "
+                      "FOR SHARE", (_enc_text(lease.unit),)).fetchone()
+    now = row[3] if row else datetime.now(UTC)
+    check_fence(lease, (_dec_text(row[0]) if row[0] is not None else None, row[1], row[2])
+                if row else None, now, min_left, parse=_utc)
 
 
 def _one(cur: Cursor, query: str, params: tuple[Any, ...] = ()) -> Any:

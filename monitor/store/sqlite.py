@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
 from monitor.entries import format_time, parse_time
+from monitor.instance import gone_locally
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
-from monitor.store.base import RETENTION, CycleRecord, Queued, Sent
+from monitor.store.base import (
+    RETENTION,
+    CycleRecord,
+    Lease,
+    LeaseInfo,
+    Queued,
+    Sent,
+    check_fence,
+    correlate_doc,
+    merge_correlate,
+)
 
 _Doc = TypeVar("_Doc", Incident, RevisionFacts)
 
@@ -73,6 +84,51 @@ MIGRATIONS: list[str] = [
     # 3: when the last attempt started, so a send still in flight is not looked for too early
     """
     ALTER TABLE outbox ADD COLUMN attempted_at TEXT;
+    """,
+    # 4: the state partitioned by unit of work, leases and instances (see store/base.py). A
+    # store that watched one unit gives it its rows; with several, older rows stay unit ''
+    # (shown by status and reports, no longer loaded by a cycle).
+    """
+    ALTER TABLE incidents ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+    CREATE INDEX incidents_unit ON incidents (unit, status);
+    CREATE TABLE revisions_4 (
+        unit TEXT NOT NULL DEFAULT '',
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (unit, service, name)
+    );
+    INSERT INTO revisions_4 (service, name, data) SELECT service, name, data FROM revisions;
+    DROP TABLE revisions;
+    ALTER TABLE revisions_4 RENAME TO revisions;
+    ALTER TABLE seen ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+    CREATE INDEX seen_unit_ts ON seen (unit, ts);
+    ALTER TABLE outbox ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+    CREATE TABLE leases (
+        unit TEXT PRIMARY KEY,
+        holder TEXT,
+        token INTEGER NOT NULL DEFAULT 0,
+        acquired_at TEXT,
+        renewed_at TEXT,
+        expires_at TEXT NOT NULL DEFAULT '',
+        polled_at TEXT
+    );
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        seen_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    UPDATE incidents SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE revisions SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE seen SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE outbox SET unit = (SELECT unit FROM checkpoints)
+        WHERE (SELECT count(*) FROM checkpoints) = 1;
+    UPDATE meta SET key = 'correlate:' || (SELECT unit FROM checkpoints)
+        WHERE key = 'correlate' AND (SELECT count(*) FROM checkpoints) = 1;
     """,
 ]
 
@@ -135,25 +191,25 @@ class SQLiteStore:
 
     # --- state ---------------------------------------------------------------------------
 
-    def load_state(self) -> State:
+    def load_state(self, unit: str | None = None) -> State:
+        where, args = ("WHERE unit = ?", (unit,)) if unit is not None else ("", ())
         state = State()
-        for (data,) in self._db.execute("SELECT data FROM incidents"):
+        for u, data in self._db.execute(f"SELECT unit, data FROM incidents {where}", args):
             incident = Incident.from_state(json.loads(data))
             state.incidents[incident.id] = incident
-            self._written[f"i\x1f{incident.id}"] = data
-        for (data,) in self._db.execute("SELECT data FROM revisions"):
+            self._written[f"i\x1f{u}\x1f{incident.id}"] = data
+        for u, data in self._db.execute(f"SELECT unit, data FROM revisions {where}", args):
             facts = RevisionFacts.from_state(json.loads(data))
             state.revisions[(facts.service, facts.name)] = facts
-            self._written[f"r\x1f{facts.service}\x1f{facts.name}"] = data
-        meta = self._meta("correlate")
-        if meta:
-            state.request_services = set(meta.get("request_services", []))
-            state.source_failures = dict(meta.get("source_failures", {}))
-            for key, items in meta.get("pending", {}).items():
-                service, signal = key.split("\x1f", 1)
-                state.pending[(service, signal)] = [
-                    (parse_time(at), revision, sample) for at, revision, sample in items
-                ]
+            self._written[f"r\x1f{u}\x1f{facts.service}\x1f{facts.name}"] = data
+        if unit is not None:
+            metas = [self._meta(f"correlate:{unit}")]
+        else:
+            metas = [json.loads(v) for (v,) in self._db.execute(
+                "SELECT value FROM meta WHERE key LIKE 'correlate:%' ORDER BY key")]
+        for meta in metas:
+            if meta:
+                merge_correlate(state, meta)
         return state
 
     def _meta(self, key: str) -> Any:
@@ -180,63 +236,60 @@ class SQLiteStore:
     def commit_cycle(self, state: State, record: CycleRecord) -> None:
         # Only the documents that changed since they were loaded or last written: most cycles
         # touch one incident and a revision or two, not the whole history.
+        unit = record.unit
         incidents = self._changed(
-            (f"i\x1f{i.id}", i, json.dumps(i.to_state())) for i in state.incidents.values())
+            (f"i\x1f{unit}\x1f{i.id}", i, json.dumps(i.to_state()))
+            for i in state.incidents.values())
         revisions = self._changed(
-            (f"r\x1f{f.service}\x1f{f.name}", f, json.dumps(f.to_state()))
+            (f"r\x1f{unit}\x1f{f.service}\x1f{f.name}", f, json.dumps(f.to_state()))
             for f in state.revisions.values())
         with self._tx() as db:
+            now = datetime.now(UTC)
+            if record.lease is not None:
+                _fence(db, record.lease, now)
             db.executemany(
-                """INSERT INTO incidents (id, service, signal, status, first_seen, data)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO incidents (id, unit, service, signal, status, first_seen, data)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                        data = excluded.data""",
-                [(i.id, i.service, i.signal, i.status.value, _ts(i.first_seen), text)
+                [(i.id, unit, i.service, i.signal, i.status.value, _ts(i.first_seen), text)
                  for key, i, text in incidents],
             )
             db.executemany(
-                """INSERT INTO revisions (service, name, data) VALUES (?, ?, ?)
-                   ON CONFLICT (service, name) DO UPDATE SET data = excluded.data""",
-                [(f.service, f.name, text) for key, f, text in revisions],
+                """INSERT INTO revisions (unit, service, name, data) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (unit, service, name) DO UPDATE SET data = excluded.data""",
+                [(unit, f.service, f.name, text) for key, f, text in revisions],
             )
-            correlate = {
-                "request_services": sorted(state.request_services),
-                "source_failures": state.source_failures,
-                "pending": {
-                    f"{service}\x1f{signal}": [
-                        (format_time(at), revision, sample) for at, revision, sample in items
-                    ]
-                    for (service, signal), items in state.pending.items()
-                },
-            }
-            self._set_meta(db, "correlate", correlate)
+            self._set_meta(db, f"correlate:{unit}", correlate_doc(state))
             if record.checkpoint is not None:
                 db.execute(
                     """INSERT INTO checkpoints (unit, value) VALUES (?, ?)
                        ON CONFLICT (unit) DO UPDATE SET value = excluded.value""",
-                    (record.unit, json.dumps(record.checkpoint.to_json())),
+                    (unit, json.dumps(record.checkpoint.to_json())),
                 )
             db.executemany(
-                "INSERT OR IGNORE INTO seen (key, ts) VALUES (?, ?)",
-                [(_key(k), _ts(ts)) for k, ts in record.seen.items()],
+                "INSERT OR IGNORE INTO seen (key, unit, ts) VALUES (?, ?, ?)",
+                [(_key(k), unit, _ts(ts)) for k, ts in record.seen.items()],
             )
             if record.forget_before is not None:
-                db.execute("DELETE FROM seen WHERE ts < ?", (_ts(record.forget_before),))
+                db.execute("DELETE FROM seen WHERE unit = ? AND ts < ?",
+                           (unit, _ts(record.forget_before)))
             if record.retain_after is not None:
                 cutoff = format_time(record.retain_after)
-                db.execute("DELETE FROM incidents WHERE status = 'resolved' AND "
-                           "json_extract(data, '$.resolved_at') < ?", (cutoff,))
-                db.execute("DELETE FROM revisions WHERE json_extract(data, '$.last_seen') < ?",
-                           (cutoff,))
-                db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
-                           (_ts(datetime.now(UTC) - RETENTION),))
-            created = _now()
+                db.execute("DELETE FROM incidents WHERE unit = ? AND status = 'resolved' AND "
+                           "json_extract(data, '$.resolved_at') < ?", (unit, cutoff))
+                db.execute("DELETE FROM revisions WHERE unit = ? AND "
+                           "json_extract(data, '$.last_seen') < ?", (unit, cutoff))
+                db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
+                           "sent_at < ?", (unit, _ts(now - RETENTION)))
+            created = _ts(now)
             db.executemany(
-                """INSERT OR IGNORE INTO outbox (key, incident_id, payload, created_at)
-                   VALUES (?, ?, ?, ?)""",
-                [(m.key, m.incident_id, json.dumps(m.to_json()), created)
+                """INSERT OR IGNORE INTO outbox (key, unit, incident_id, payload, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                [(m.key, unit, m.incident_id, json.dumps(m.to_json()), created)
                  for m in record.messages],
             )
+            db.execute("UPDATE leases SET polled_at = ? WHERE unit = ?", (created, unit))
             if record.summary:
                 self._set_meta(db, "last_cycle", record.summary)
 
@@ -267,19 +320,23 @@ class SQLiteStore:
 
     # --- outbox --------------------------------------------------------------------------
 
-    def queued(self) -> list[Queued]:
+    def queued(self, units: Collection[str] | None = None) -> list[Queued]:
         rows = self._db.execute(
-            "SELECT id, payload, attempts, last_error, next_attempt_at, attempted_at FROM outbox "
-            "WHERE sent_at IS NULL ORDER BY id"
+            "SELECT id, payload, attempts, last_error, next_attempt_at, attempted_at, unit "
+            "FROM outbox WHERE sent_at IS NULL ORDER BY id"
         )
         return [Queued(i, Message.from_json(json.loads(p)), a, e,
-                       parse_time(n) if n else None, parse_time(t) if t else None)
-                for i, p, a, e, n, t in rows]
+                       parse_time(n) if n else None, parse_time(t) if t else None, u)
+                for i, p, a, e, n, t, u in rows if units is None or u in units]
 
-    def mark_attempt(self, queued: Queued) -> None:
+    def mark_attempt(self, queued: Queued, lease: Lease | None = None,
+                     min_left: timedelta = timedelta(0)) -> None:
         with self._tx() as db:
+            now = datetime.now(UTC)
+            if lease is not None:
+                _fence(db, lease, now, min_left)
             db.execute("UPDATE outbox SET attempts = attempts + 1, attempted_at = ? WHERE id = ?",
-                       (_now(), queued.id))
+                       (_ts(now), queued.id))
 
     def sent(self, incident_id: str) -> list[Sent]:
         rows = self._db.execute(
@@ -293,8 +350,10 @@ class SQLiteStore:
         ).fetchone()
         return Thread(channel=row[0], ts=row[1]) if row else None
 
-    def mark_sent(self, queued: Queued, thread: Thread) -> None:
+    def mark_sent(self, queued: Queued, thread: Thread, lease: Lease | None = None) -> None:
         with self._tx() as db:
+            if lease is not None:
+                _fence(db, lease, datetime.now(UTC))
             db.execute(
                 "UPDATE outbox SET sent_at = ?, sent_ts = ? WHERE id = ?",
                 (_now(), thread.ts, queued.id),
@@ -305,12 +364,104 @@ class SQLiteStore:
                     (queued.message.incident_id, thread.channel, thread.ts),
                 )
 
-    def mark_failed(self, queued: Queued, error: str, retry_at: datetime | None = None) -> None:
+    def mark_failed(self, queued: Queued, error: str, retry_at: datetime | None = None,
+                    lease: Lease | None = None) -> None:
         with self._tx() as db:
+            if lease is not None:
+                _fence(db, lease, datetime.now(UTC))
             db.execute(
                 "UPDATE outbox SET last_error = ?, next_attempt_at = ? WHERE id = ?",
                 (error, format_time(retry_at), queued.id),
             )
 
+    # --- leases ------------------------------------------------------------------------
+
+    def heartbeat(self, holder: str, ttl: timedelta) -> int:
+        with self._tx() as db:
+            now = datetime.now(UTC)
+            db.execute(
+                """INSERT INTO instances (id, started_at, seen_at, expires_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at,
+                       expires_at = excluded.expires_at""",
+                (holder, _ts(now), _ts(now), _ts(now + ttl)))
+            db.execute("DELETE FROM instances WHERE expires_at < ?", (_ts(now - GONE),))
+            (alive,) = db.execute("SELECT count(*) FROM instances WHERE expires_at > ?",
+                                  (_ts(now),)).fetchone()
+        return int(alive)
+
+    def claim(self, holder: str, units: Collection[str], ttl: timedelta,
+              limit: int) -> list[Lease]:
+        if limit <= 0 or not units:
+            return []
+        claimed = []
+        with self._tx() as db:
+            now = datetime.now(UTC)
+            db.executemany("INSERT OR IGNORE INTO leases (unit) VALUES (?)",
+                           [(u,) for u in units])
+            marks = ",".join("?" * len(units))
+            rows = db.execute(
+                f"""SELECT unit, token, polled_at, holder IS NULL OR expires_at <= ?, holder
+                    FROM leases WHERE unit IN ({marks}) ORDER BY expires_at, unit""",
+                (_ts(now), *units)).fetchall()
+            # One host: a holder that is a dead process of this host holds nothing.
+            free = [(u, t, p) for u, t, p, expired, holder in rows
+                    if expired or gone_locally(holder)][:limit]
+            for unit, token, polled in free:
+                db.execute(
+                    """UPDATE leases SET holder = ?, token = ?, acquired_at = ?, renewed_at = ?,
+                           expires_at = ? WHERE unit = ?""",
+                    (holder, token + 1, _ts(now), _ts(now), _ts(now + ttl), unit))
+                claimed.append(Lease(unit, holder, token + 1, now, now + ttl,
+                                     parse_time(polled) if polled else None, now))
+        return claimed
+
+    def renew(self, lease: Lease, ttl: timedelta) -> Lease | None:
+        with self._tx() as db:
+            now = datetime.now(UTC)
+            row = db.execute(
+                """UPDATE leases SET renewed_at = ?, expires_at = ?
+                   WHERE unit = ? AND holder = ? AND token = ? RETURNING polled_at""",
+                (_ts(now), _ts(now + ttl), lease.unit, lease.holder, lease.token)).fetchone()
+        if row is None:
+            return None
+        return Lease(lease.unit, lease.holder, lease.token, lease.acquired_at, now + ttl,
+                     parse_time(row[0]) if row[0] else None, now)
+
+    def release(self, lease: Lease) -> None:
+        with self._tx() as db:
+            db.execute("""UPDATE leases SET holder = NULL, expires_at = ?
+                          WHERE unit = ? AND holder = ? AND token = ?""",
+                       (_ts(datetime.now(UTC)), lease.unit, lease.holder, lease.token))
+
+    def leave(self, holder: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE leases SET holder = NULL, expires_at = ? WHERE holder = ?",
+                       (_ts(datetime.now(UTC)), holder))
+            db.execute("DELETE FROM instances WHERE id = ?", (holder,))
+
+    def leases(self) -> list[LeaseInfo]:
+        now = datetime.now(UTC)
+        rows = self._db.execute(
+            """SELECT l.unit, l.holder, l.token, l.acquired_at, l.expires_at, l.polled_at,
+                      i.expires_at > ? FROM leases l LEFT JOIN instances i ON i.id = l.holder
+               ORDER BY l.unit""", (_ts(now),))
+        return [LeaseInfo(u, h, t, _time(a), _time(e), _time(p), bool(alive), now)
+                for u, h, t, a, e, p, alive in rows]
+
     def close(self) -> None:
         self._db.close()
+
+
+GONE = timedelta(days=1)  # an instance not seen for this long is forgotten
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_time(text) if text else None
+
+
+def _fence(db: sqlite3.Connection, lease: Lease, now: datetime,
+           min_left: timedelta = timedelta(0)) -> None:
+    """The first statement of a write for a unit: refuse unless `lease` still holds it."""
+    row = db.execute("SELECT holder, token, expires_at FROM leases WHERE unit = ?",
+                     (lease.unit,)).fetchone()
+    check_fence(lease, row, now, min_left, parse=_time)

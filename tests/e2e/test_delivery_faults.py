@@ -502,7 +502,7 @@ if point == "commit":  # inside commit_cycle's transaction, between its writes
     set_meta = SQLiteStore._set_meta
     def hooked_set_meta(db, key, value):
         set_meta(db, key, value)
-        if key == "correlate":
+        if key.startswith("correlate"):
             pause()
     SQLiteStore._set_meta = staticmethod(hooked_set_meta)
 elif point == "drain":  # the cycle is committed; nothing is sent yet
@@ -510,11 +510,11 @@ elif point == "drain":  # the cycle is committed; nothing is sent yet
     monitor.check.drain = lambda *args, **kwargs: pause()
 elif point.startswith("mark_sent:"):  # Slack answered the n-th send; not marked sent yet
     nth, calls, mark_sent = int(point.split(":")[1]), [], SQLiteStore.mark_sent
-    def hooked_mark_sent(self, queued, thread):
+    def hooked_mark_sent(self, queued, thread, lease=None):
         calls.append(queued)
         if len(calls) == nth:
             pause()
-        mark_sent(self, queued, thread)
+        mark_sent(self, queued, thread, lease)
     SQLiteStore.mark_sent = hooked_mark_sent
 from monitor.cli import main
 main(["once", "--config", config], prog_name="monitor")

@@ -125,7 +125,9 @@ def test_run_alerts_resolves_reports_and_stops_cleanly(world, tmp_path):
     emu, slack, config = world
     monitor = Monitor(config, free_port(), tmp_path / "run.log")
     try:
-        assert get(monitor.port, "/healthz") == (200, "ok\n")
+        code, body = get(monitor.port, "/healthz")
+        assert (code, body.splitlines()[0]) == (200, "ok")
+        assert "leader of spector-prod (token 1); 1 instance(s) alive" in body
         emu.store.append([entry(1, "MissingSessionTableError: Prisma session table does not "
                                    "exist.")])
         wait_for("the alert in Slack", lambda: roots(slack))
