@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
-from monitor.classify import Classifier
+import pytest
+
+from monitor.classify import Classifier, event_order, in_event_order
 from monitor.classify.deploys import deploy_event
 from monitor.classify.observations import (
     DeployEvent,
@@ -75,6 +78,14 @@ def test_output_is_in_event_time_order_whatever_the_read_order():
     assert [o.at for o in obs] == sorted(o.at for o in obs)
     seen = [o for o in obs if isinstance(o, RevisionSeen)]
     assert [s.at for s in seen] == [entries[1].timestamp, entries[0].timestamp]
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 2, 3], [0, 2, 1, 3]])
+def test_event_order_without_a_sort_only_when_already_in_order(order):
+    a, b, c, d = line(1, "a"), line(2, "b"), line(2, "c"), line(3, "d")
+    c = replace(c, insert_id="id0")  # same second as b, sorts before it by insert id
+    entries = [[a, b, c, d][i] for i in order]
+    assert in_event_order(entries) == sorted(entries, key=event_order)
 
 
 def test_migration_output_of_two_interleaved_instances_is_reassembled_per_instance():
