@@ -254,6 +254,10 @@ class Target(_Model):
     services: Annotated[list[str], Field(min_length=1)]
 
 
+# A send starts only while the unit's lease has the notifier's timeout plus this left.
+SEND_MARGIN = timedelta(seconds=1)
+
+
 def unit_name(unit: Target) -> str:
     """The name a unit's checkpoint, lease and state go by in the store."""
     return unit.project or "default"
@@ -287,6 +291,11 @@ class Config(_Model):
             raise ValueError(f"state.lease: {format_duration(self.lease)} is less than twice "
                              f"poll.interval ({format_duration(self.poll.interval)}); the "
                              "leader would lose its lease between two checks")
+        if self.lease < self.slack.timeout + SEND_MARGIN * 2:
+            raise ValueError(f"state.lease: {format_duration(self.lease)} leaves no time to "
+                             f"send: a send starts only with slack.timeout + "
+                             f"{SEND_MARGIN.total_seconds():.0f}s of lease left, so it must be "
+                             f"at least {format_duration(self.slack.timeout + SEND_MARGIN * 2)}")
         names = [s.name for s in self.signals]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -17,8 +17,9 @@ The guarantee, and how each step keeps it:
 - Under leases (several instances, store/base.py), an instance sends only the messages of the
   units it leads, and every step is fenced by the unit's lease: an attempt is counted only
   while the lease has at least the notifier's timeout (plus a second) left, so a send never
-  starts that the lease would not cover; a lost lease stops that unit's delivery at once, and
-  the new leader treats the message as in doubt (looks before posting).
+  starts that the lease would not cover (LeaseEnding: it waits for the next renewal); a lost
+  lease stops that unit's delivery at once, and the new leader treats the message as in doubt
+  (looks before posting).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from monitor.config import SEND_MARGIN
 from monitor.notify.message import Action, DeliveryError, Notifier, Thread
-from monitor.store.base import Lease, LeaseLost, Queued, Store
+from monitor.store.base import Lease, LeaseEnding, LeaseLost, Queued, Store
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,12 @@ def drain(
     wait = stop.wait if stop is not None else sleep
     pacer = _Pacer(notifier.min_interval, wait)
     queue = store.queued(units=leases.keys() if leases is not None else None)
+    ending: set[str] = set()
     unsent = {q.message.incident_id for q in queue}
     for queued in queue:
         message = queued.message
         lease = leases.get(queued.unit) if leases is not None else None
-        if queued.unit in result.lost:
+        if queued.unit in result.lost or queued.unit in ending:
             result.waiting += 1
             continue
         out_of_time = (deadline is not None and time.monotonic() > deadline) or (
@@ -139,6 +142,10 @@ def drain(
                 _report(queued, exc)
                 continue
             store.mark_sent(queued, thread, lease=lease)
+        except LeaseEnding as exc:  # held, but too near its end: after the next renewal
+            log.info("delivery for %s waits: %s", queued.unit, exc)
+            ending.add(queued.unit)
+            result.waiting += 1
         except LeaseLost as exc:
             log.warning("delivery for %s stopped: %s", queued.unit, exc)
             result.lost.add(queued.unit)
@@ -182,7 +189,7 @@ def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | No
             return found
     linked = store.thread(message.link_thread_of) if message.link_thread_of else None
     pacer.wait(message.channel)
-    store.mark_attempt(queued, lease, min_left=timedelta(seconds=notifier.timeout + 1))
+    store.mark_attempt(queued, lease, min_left=timedelta(seconds=notifier.timeout) + SEND_MARGIN)
     try:
         thread = notifier.send(message, root, linked)
     finally:

@@ -33,8 +33,13 @@ RETENTION = timedelta(days=30)
 
 
 class LeaseLost(Exception):
-    """A write was refused: the unit's lease is no longer this holder's (or too close to its
-    end for a send to finish within it). Nothing of that write happened."""
+    """A write was refused: the unit's lease is no longer this holder's. Nothing of that write
+    happened."""
+
+
+class LeaseEnding(LeaseLost):
+    """A send was not started: the lease, still held, ends before the send could finish. The
+    next renewal makes room; nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +179,7 @@ def check_fence(lease: Lease, row: tuple[Any, Any, Any] | None, now: datetime,
                         f"this instance's" + (f"; {holder} holds it" if holder else ""))
     expires = parse(row[2])
     if min_left and (expires is None or expires <= now + min_left):
-        raise LeaseLost(f"unit {lease.unit}: the lease ends in less than "
+        raise LeaseEnding(f"unit {lease.unit}: the lease ends in less than "
                         f"{min_left.total_seconds():.0f}s; not starting a send it may not cover")
 
 
