@@ -134,3 +134,38 @@ def test_shipped_config_is_valid_with_the_documented_environment():
     (signal,) = config.signals
     assert signal.match.search("MissingSessionTableError: Prisma session table does not exist")
     assert config.migrations.tool == "prisma"
+
+
+MINUTE = timedelta(minutes=1)
+
+
+def two_targets(first: str = "spector-prod", second: str = "spector-staging") -> dict:
+    data = with_()
+    del data["services"]
+    data["targets"] = [{"project": first, "services": ["spector"]},
+                       {"project": second, "services": ["spector", "worker"]}]
+    return data
+
+
+def test_a_lease_shorter_than_two_intervals_is_an_error():
+    with pytest.raises(ConfigError, match=r"state\.lease: 59s is less than twice poll\.interval"):
+        parse_config(with_(poll__interval="30s", state__lease="59s"), env={})
+    assert parse_config(with_(poll__interval="30s", state__lease="1m"), env={}).lease == MINUTE
+
+
+def test_the_default_lease_is_three_intervals_and_at_least_30_seconds():
+    assert parse_config(with_(), env={}).lease == timedelta(minutes=3)  # interval 60s
+    assert parse_config(with_(poll__interval="5s"), env={}).lease == timedelta(seconds=30)
+    assert parse_config(with_(poll__interval="20s"), env={}).lease == timedelta(seconds=60)
+
+
+def test_a_project_is_one_target():
+    with pytest.raises(ConfigError, match=r"targets\[1\]\.project: 'spector-prod' is already"):
+        parse_config(two_targets("spector-prod", "spector-prod"), env={})
+
+
+def test_each_target_is_a_unit_named_after_its_project():
+    config = parse_config(two_targets(), env={})
+    assert config.unit_names == ["spector-prod", "spector-staging"]
+    assert config.watched_services == ["spector", "spector", "worker"]
+    assert parse_config(with_(), env={}).unit_names == ["default"]

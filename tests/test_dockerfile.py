@@ -473,10 +473,12 @@ def guide_environment(command: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("command", ["gcloud run deploy", "gcloud run jobs create"])
-def test_guide_sets_the_project_and_the_token(command: str) -> None:
+def test_guide_sets_the_project_the_token_and_the_database(command: str) -> None:
     env = guide_environment(command)
-    assert set(env) == {"GOOGLE_CLOUD_PROJECT", "SLACK_BOT_TOKEN"}, env
+    assert set(env) == {"GOOGLE_CLOUD_PROJECT", "SLACK_BOT_TOKEN", "MONITOR_STATE_URL",
+                        "PGPASSWORD"}, env
     assert "PORT" not in env  # reserved: Cloud Run sets it
+    assert env["PGPASSWORD"] == "secret-from-monitor-db-password:latest"  # from Secret Manager
 
 
 @pytest.mark.parametrize("command", ["gcloud run deploy", "gcloud run jobs create"])
@@ -486,8 +488,12 @@ def test_shipped_config_loads_with_the_guides_environment(command: str) -> None:
     assert config.project == env["GOOGLE_CLOUD_PROJECT"]
     assert config.slack.token == env["SLACK_BOT_TOKEN"]
     assert config.source.type == "cloud_logging"
-    # MONITOR_STATE_URL is not set by the guide: the state is the SQLite file under /app.
-    assert config.state.url == "sqlite:///.monitor/state.db"
+    # The state is Cloud SQL, by the unix socket Cloud Run mounts, with no password in the URL.
+    from monitor.store.postgres import connection_params
+
+    params = connection_params(config.state.url)
+    assert params["host"] == "/cloudsql/$INSTANCE" and params["dbname"] == "monitor"
+    assert params["user"] == "monitor" and "password" not in params
 
 
 def test_shipped_config_loads_with_project_and_token_only() -> None:

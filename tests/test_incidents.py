@@ -16,6 +16,7 @@ from monitor.classify.observations import (
     RequestServed,
     RevisionSeen,
 )
+from monitor.config import parse_config
 from monitor.correlate.incidents import (
     MIGRATION_SIGNAL,
     MOVES,
@@ -360,3 +361,33 @@ def test_advance_does_not_mutate_the_revision_facts_of_its_input():
     assert (facts.errors, len(facts.migrations), facts.last_seen) == before
     assert second.state.revisions[(SVC, "r42")].errors == {SIG: 3}
     assert second.state.revisions[(SVC, "r42")] is not facts
+
+
+# --- several units -----------------------------------------------------------------------------
+
+
+def config_of(*projects: str):
+    data = {"source": {"type": "file", "path": "x.json"},
+            "signals": [{"name": SIG, "match": "MissingSessionTableError"}]}
+    if len(projects) == 1:
+        data |= {"project": projects[0], "services": [SVC]}
+    else:
+        data["targets"] = [{"project": p, "services": [SVC]} for p in projects]
+    return parse_config(data, env={})
+
+
+def test_with_several_units_incident_ids_are_prefixed_with_the_unit():
+    """Each unit's state is its own: the same service and signal in two projects at the same
+    minute must not make the same incident id."""
+    config = config_of("spector-prod", "spector-staging")
+    ids = [the_incident(run([hit(1)], now=1, r=Rules.from_config(config, unit))).id
+           for unit in config.unit_names]
+    assert ids == [f"spector-prod/{SVC}:{SIG}:20251204T210100Z",
+                   f"spector-staging/{SVC}:{SIG}:20251204T210100Z"]
+
+
+def test_with_one_unit_incident_ids_are_not_prefixed():
+    config = config_of("spector-prod")
+    rules_ = Rules.from_config(config, "spector-prod")
+    assert rules_.namespace == ""
+    assert the_incident(run([hit(1)], now=1, r=rules_)).id == f"{SVC}:{SIG}:20251204T210100Z"

@@ -3,7 +3,13 @@ a throwaway database per test session, an empty schema per test: tests/conftest.
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,10 +22,11 @@ from monitor.correlate.model import (
     RevisionFacts,
 )
 from monitor.correlate.state import State
+from monitor.instance import instance_id
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
 from monitor.store import open_store
-from monitor.store.base import CycleRecord
+from monitor.store.base import CycleRecord, Lease, LeaseLost
 from monitor.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from monitor.store.sqlite import MIGRATIONS, SQLiteStore
 
@@ -342,4 +349,341 @@ def test_a_rolled_back_write_is_written_again(tmp_path):
     del s.incidents["x"]
     store.commit_cycle(s, record())
     assert store.load_state().incidents[incident().id].count == 99
+    store.close()
+
+
+# --- leases and fencing (store/base.py) ------------------------------------------------------
+
+UNIT = "spector-prod"
+MINUTE = timedelta(minutes=1)
+SHORT = timedelta(milliseconds=300)  # a lease or heartbeat that a test waits out
+
+
+def wait_until(condition, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def claim_when_expired(store, holder: str, unit: str = UNIT) -> Lease:
+    """`holder` claims `unit` as soon as its current lease has expired (the store's clock)."""
+    claimed: list[Lease] = []
+    wait_until(lambda: claimed.extend(store.claim(holder, [unit], MINUTE, 1)) or claimed,
+               f"the lease of {unit} expired")
+    return claimed[0]
+
+
+def handed_over(store, unit: str = UNIT) -> tuple[Lease, Lease]:
+    """`a` held the unit, then `b` took it over: a's lease is stale, b's current."""
+    (stale,) = store.claim("a", [unit], MINUTE, 1)
+    store.release(stale)
+    (current,) = store.claim("b", [unit], MINUTE, 1)
+    return stale, current
+
+
+def fenced(lease: Lease, messages=(), **changes) -> CycleRecord:
+    return replace(record(messages), unit=lease.unit, lease=lease, **changes)
+
+
+def test_a_first_claim_gets_token_1_and_a_held_lease_cannot_be_claimed(store):
+    (lease,) = store.claim("a", [UNIT], MINUTE, 1)
+    assert (lease.unit, lease.holder, lease.token, lease.polled_at) == (UNIT, "a", 1, None)
+    assert lease.expires_at - lease.acquired_at == MINUTE
+    assert store.claim("b", [UNIT], MINUTE, 1) == []
+    assert store.claim("a", [UNIT], MINUTE, 1) == []  # a holder renews; it does not re-claim
+
+
+def test_an_expired_lease_is_taken_over_with_the_next_token(store):
+    (first,) = store.claim("a", [UNIT], SHORT, 1)
+    second = claim_when_expired(store, "b")
+    assert (second.holder, second.token) == ("b", 2)
+    assert store.renew(first, MINUTE) is None  # a, back from a pause, has lost it
+    (info,) = store.leases()
+    assert (info.holder, info.token) == ("b", 2)
+
+
+def test_renew_keeps_the_token_and_extends_the_lease(store):
+    (lease,) = store.claim("a", [UNIT], MINUTE, 1)
+    renewed = store.renew(lease, 2 * MINUTE)
+    assert renewed is not None
+    assert (renewed.holder, renewed.token, renewed.acquired_at) == ("a", 1, lease.acquired_at)
+    assert renewed.expires_at > lease.expires_at
+    (info,) = store.leases()
+    assert (info.token, info.expires_at) == (1, renewed.expires_at)
+
+
+def test_renew_fails_once_another_holder_took_over(store):
+    stale, current = handed_over(store)
+    assert store.renew(stale, MINUTE) is None
+    assert store.renew(current, MINUTE) is not None
+    (info,) = store.leases()
+    assert (info.holder, info.token) == ("b", 2)
+
+
+def test_a_released_lease_is_claimable_at_once_with_the_next_token(store):
+    (lease,) = store.claim("a", [UNIT], MINUTE, 1)
+    store.release(lease)
+    (info,) = store.leases()
+    assert info.holder is None and not info.held and info.token == 1
+    (again,) = store.claim("b", [UNIT], MINUTE, 1)
+    assert again.token == 2
+    store.release(lease)  # a stale release leaves the new holder alone
+    assert [(i.holder, i.token, i.held) for i in store.leases()] == [("b", 2, True)]
+
+
+def test_leave_releases_all_of_a_holders_leases_and_only_those(store):
+    store.heartbeat("a", MINUTE)
+    store.heartbeat("b", MINUTE)
+    assert len(store.claim("a", ["u1", "u2"], MINUTE, 2)) == 2
+    assert len(store.claim("b", ["u3"], MINUTE, 1)) == 1
+    store.leave("a")
+    assert {i.unit: i.holder for i in store.leases()} == {"u1": None, "u2": None, "u3": "b"}
+    assert store.heartbeat("b", MINUTE) == 1  # `a` no longer counts as alive
+    taken = store.claim("b", ["u1", "u2", "u3"], MINUTE, 3)
+    assert sorted((t.unit, t.token) for t in taken) == [("u1", 2), ("u2", 2)]
+
+
+def test_claim_takes_at_most_limit_units(store):
+    units = ["u1", "u2", "u3"]
+    assert store.claim("a", units, MINUTE, 0) == []
+    first = store.claim("a", units, MINUTE, 2)
+    assert len(first) == 2
+    rest = store.claim("b", units, MINUTE, 2)
+    assert [lease.unit for lease in rest] == sorted(set(units) - {f.unit for f in first})
+    assert store.claim("c", units, MINUTE, 2) == []
+
+
+def test_heartbeat_counts_only_instances_whose_heartbeat_has_not_expired(store):
+    assert store.heartbeat("a", SHORT) == 1
+    assert store.heartbeat("b", MINUTE) == 2
+    assert store.heartbeat("b", MINUTE) == 2  # the same instance again
+    wait_until(lambda: store.heartbeat("b", MINUTE) == 1, "a's heartbeat expired")
+    assert store.heartbeat("a", MINUTE) == 2  # a is back
+
+
+def test_leases_report_holder_token_and_whether_the_holder_is_alive(store):
+    store.heartbeat("a", MINUTE)
+    store.heartbeat("frozen", SHORT)
+    (held,) = store.claim("a", ["u1", "u0"], MINUTE, 1)  # u0 gets a row, never a holder
+    assert held.unit == "u0"
+    store.claim("frozen", ["u2"], MINUTE, 1)
+    (free,) = store.claim("a", ["u3"], MINUTE, 1)
+    store.release(free)
+    wait_until(lambda: store.heartbeat("a", MINUTE) == 1, "frozen's heartbeat expired")
+    info = {i.unit: i for i in store.leases()}
+    assert list(info) == ["u0", "u1", "u2", "u3"]
+    u0, u1, u2, u3 = info.values()
+    assert (u0.holder, u0.token, u0.held, u0.holder_alive) == ("a", 1, True, True)
+    assert u0.acquired_at is not None and u0.expires_at is not None
+    assert u0.expires_at - u0.now > MINUTE - timedelta(seconds=10)
+    assert (u1.holder, u1.token, u1.held, u1.acquired_at, u1.expires_at, u1.polled_at) == (
+        None, 0, False, None, None, None)
+    # stuck: the holder's heartbeat expired, its lease not yet
+    assert (u2.holder, u2.token, u2.held, u2.holder_alive) == ("frozen", 1, True, False)
+    assert (u3.holder, u3.token, u3.held) == (None, 1, False)
+
+
+def snapshot(store, unit: str = UNIT):
+    """Everything a cycle and its deliveries can write for `unit`."""
+    (lease,) = [i for i in store.leases() if i.unit == unit]
+    return (store.load_state(unit), store.load_state(), store.checkpoint(unit), store.queued(),
+            store.seen_keys(["old", "new"]), store.last_cycle(), lease.polled_at,
+            store.thread(incident().id), store.sent(incident().id))
+
+
+def test_a_commit_under_a_lost_lease_raises_and_writes_nothing(store):
+    (lease,) = store.claim("a", [UNIT], SHORT, 1)
+    store.commit_cycle(state(), fenced(lease, [message(1)], seen={"old": T0}))
+    taken = claim_when_expired(store, "b")
+    before = snapshot(store)
+    changed = state()
+    changed.incidents[incident().id].count = 99
+    late = incident()
+    late.id = "spector:late:x"
+    changed.incidents[late.id] = late
+    changed.request_services.add("other")
+    stale = fenced(lease, [message(2)], checkpoint=Checkpoint(T0 + timedelta(hours=1)),
+                   seen={"new": T0 + timedelta(hours=1)}, forget_before=T0 + MINUTE,
+                   summary={"checked_at": "stale"}, retain_after=T0 + timedelta(days=60))
+    with pytest.raises(LeaseLost, match="b holds it"):
+        store.commit_cycle(changed, stale)
+    assert snapshot(store) == before
+    # The refused documents are not taken for written: the new holder writes them all.
+    store.commit_cycle(changed, replace(stale, lease=taken, retain_after=None))
+    assert store.load_state(UNIT) == changed
+    assert store.seen_keys(["old", "new"]) == {"new"}
+
+
+def test_delivery_writes_under_a_lost_lease_raise_and_change_nothing(store):
+    (lease,) = store.claim("a", [UNIT], MINUTE, 1)
+    root = Message(key="r#1.0", incident_id=incident().id, action=Action.POST_ROOT,
+                   channel="#alerts", text="alert")
+    store.commit_cycle(state(), fenced(lease, [root]))
+    (queued,) = store.queued()
+    store.mark_attempt(queued, lease)  # still held: counted
+    store.release(lease)
+    (taken,) = store.claim("b", [UNIT], MINUTE, 1)
+    before = snapshot(store)
+    assert before[3][0].attempts == 1
+    with pytest.raises(LeaseLost):
+        store.mark_attempt(queued, lease)
+    with pytest.raises(LeaseLost):
+        store.mark_sent(queued, Thread("C1", "1.0"), lease)
+    with pytest.raises(LeaseLost):
+        store.mark_failed(queued, "boom", T0, lease=lease)
+    assert snapshot(store) == before
+    store.mark_sent(queued, Thread("C1", "1.0"), taken)
+    assert store.queued() == [] and store.thread(incident().id) == Thread("C1", "1.0")
+
+
+def test_a_send_is_not_started_that_the_lease_would_not_cover(store):
+    (lease,) = store.claim("a", [UNIT], MINUTE, 1)
+    store.commit_cycle(state(), fenced(lease, [message(1)]))
+    (queued,) = store.queued()
+    with pytest.raises(LeaseLost, match="ends in less than"):
+        store.mark_attempt(queued, lease, min_left=2 * MINUTE)
+    assert store.queued()[0].attempts == 0
+    store.mark_attempt(queued, lease, min_left=timedelta(seconds=10))
+    assert store.queued()[0].attempts == 1
+
+
+def test_a_commit_records_when_the_unit_was_polled(store):
+    (lease,) = store.claim("a", [UNIT], MINUTE, 1)
+    assert store.leases()[0].polled_at is None
+    store.commit_cycle(state(), fenced(lease))
+    (info,) = store.leases()
+    assert info.polled_at is not None and abs(info.now - info.polled_at) < timedelta(seconds=10)
+    store.release(lease)
+    (taken,) = store.claim("b", [UNIT], MINUTE, 1)
+    assert taken.polled_at == info.polled_at and taken.now is not None
+
+
+# --- the state partitioned by unit -----------------------------------------------------------
+
+
+def unit_state(unit: str, failed: int) -> State:
+    """`state()` as unit `unit` has it: the same service and revision names as any other unit's,
+    the incident id prefixed as with several units (Rules.namespace)."""
+    s = state()
+    i = s.incidents.pop(incident().id)
+    i.id = f"{unit}/{i.id}"
+    s.incidents[i.id] = i
+    s.revisions[("spector", "spector-00042-wex")].requests_failed = failed
+    s.pending = {("spector", "other"): [(T0, "spector-00042-wex", f"sample of {unit}")]}
+    s.request_services = {"spector", f"{unit}-only"}
+    return s
+
+
+def unit_record(unit: str, messages=(), **changes) -> CycleRecord:
+    return replace(record(messages), unit=unit, **changes)
+
+
+def test_each_unit_loads_its_own_state_and_status_loads_them_all(store):
+    prod, staging = unit_state("prod", 1), unit_state("staging", 2)
+    store.commit_cycle(prod, unit_record("prod"))
+    store.commit_cycle(staging, unit_record("staging"))
+    assert store.load_state("prod") == prod
+    assert store.load_state("staging") == staging
+    assert store.load_state("test") == State()
+    prod.revisions[("spector", "spector-00042-wex")].requests_failed = 10
+    store.commit_cycle(prod, unit_record("prod"))
+    assert store.load_state("prod") == prod
+    assert store.load_state("staging") == staging
+    everything = store.load_state()
+    assert set(everything.incidents) == {*prod.incidents, *staging.incidents}
+    assert everything.request_services == {"spector", "prod-only", "staging-only"}
+    assert everything.pending[("spector", "other")] in (prod.pending[("spector", "other")],
+                                                        staging.pending[("spector", "other")])
+
+
+def test_pruning_and_retention_of_one_unit_spare_the_other_units(store, monkeypatch):
+    monkeypatch.setattr("monitor.store.sqlite.RETENTION", timedelta(0))  # sent = old enough
+    monkeypatch.setattr("monitor.store.postgres.RETENTION", timedelta(0))
+    for unit in ("prod", "staging"):
+        s = unit_state(unit, 1)
+        old = incident(IncidentStatus.RESOLVED)
+        old.id, old.resolved_at = f"{unit}/old", T0 - timedelta(days=40)
+        s.incidents[old.id] = old
+        s.revisions[("spector", "ancient")] = RevisionFacts(
+            service="spector", name="ancient", first_seen=T0 - timedelta(days=50),
+            last_seen=T0 - timedelta(days=45))
+        done = message(1, incident_id=f"{unit}/old")
+        store.commit_cycle(s, unit_record(unit, [done], seen={f"{unit}-key": T0 - MINUTE}))
+        (queued,) = store.queued([unit])
+        store.mark_sent(queued, Thread("C1", f"{unit}.1"))
+    store.commit_cycle(store.load_state("prod"), unit_record(
+        "prod", forget_before=T0, retain_after=T0 - timedelta(days=30)))
+    assert store.seen_keys(["prod-key", "staging-key"]) == {"staging-key"}
+    prod, staging = store.load_state("prod"), store.load_state("staging")
+    assert set(prod.incidents) == {f"prod/{incident().id}"}
+    assert set(staging.incidents) == {f"staging/{incident().id}", "staging/old"}
+    assert ("spector", "ancient") not in prod.revisions
+    assert ("spector", "ancient") in staging.revisions
+    assert store.sent("prod/old") == []
+    assert [s.message.key for s in store.sent("staging/old")] == ["staging/old#1.0"]
+
+
+def test_queued_can_be_limited_to_some_units(store):
+    for n, unit in enumerate(["u1", "u2", "u3"]):
+        store.commit_cycle(State(), unit_record(unit, [message(n, incident_id=unit)]))
+    assert [(q.unit, q.message.key) for q in store.queued()] == [
+        ("u1", "u1#0.0"), ("u2", "u2#1.0"), ("u3", "u3#2.0")]
+    assert [q.unit for q in store.queued(["u3", "u1"])] == ["u1", "u3"]
+    assert [q.unit for q in store.queued({"u2"})] == ["u2"]
+    assert store.queued([]) == []
+
+
+# --- SQLite only -----------------------------------------------------------------------------
+
+
+def test_sqlite_migration_4_gives_the_rows_of_a_single_unit_to_it(tmp_path):
+    path = tmp_path / "v3.db"
+    old = sqlite3.connect(path)
+    for script in MIGRATIONS[:3]:
+        old.executescript(script)
+    i, facts = incident(), state().revisions[("spector", "spector-00042-wex")]
+    old.execute("INSERT INTO incidents (id, service, signal, status, first_seen, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (i.id, i.service, i.signal, i.status.value,
+                                              "2025-12-04T21:00:00.000000Z",
+                                              json.dumps(i.to_state())))
+    old.execute("INSERT INTO revisions (service, name, data) VALUES (?, ?, ?)",
+                (facts.service, facts.name, json.dumps(facts.to_state())))
+    old.execute("INSERT INTO seen (key, ts) VALUES ('old-key', '2025-12-04T20:00:00.000000Z')")
+    old.execute("INSERT INTO outbox (key, incident_id, payload, created_at) VALUES (?, ?, ?, ?)",
+                ("inc#1.0", "inc", json.dumps(message(1).to_json()), "2025-12-04T21:00:00Z"))
+    old.execute("INSERT INTO checkpoints (unit, value) VALUES (?, ?)",
+                (UNIT, json.dumps(AT_T0.to_json())))
+    old.execute("INSERT INTO meta (key, value) VALUES ('correlate', ?)", (json.dumps({
+        "request_services": ["spector"], "source_failures": {UNIT: 2},
+        "pending": {"spector\x1fother": [["2025-12-04T21:00:00Z", "spector-00042-wex",
+                                          "sample"]]}}),))
+    old.execute("PRAGMA user_version = 3")
+    old.commit()
+    old.close()
+
+    store = SQLiteStore(f"sqlite:///{path}")
+    assert store.schema_version == len(MIGRATIONS) == 4
+    loaded = store.load_state(UNIT)
+    assert loaded.incidents == {i.id: i}
+    assert loaded.revisions == {("spector", "spector-00042-wex"): facts}
+    assert loaded.pending == {("spector", "other"): [(T0, "spector-00042-wex", "sample")]}
+    assert (loaded.request_services, loaded.source_failures) == ({"spector"}, {UNIT: 2})
+    assert [q.unit for q in store.queued([UNIT])] == [UNIT]
+    store.commit_cycle(loaded, record(forget_before=T0))  # the unit's own keys are pruned
+    assert store.seen_keys(["old-key"]) == set()
+    assert store.load_state(UNIT) == loaded
+    store.close()
+
+
+def test_sqlite_a_lease_of_a_dead_local_process_is_claimable_at_once(tmp_path):
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # exited: a dead pid
+    me = instance_id()
+    dead = me.replace(f"-{os.getpid()}-", f"-{child.stdout.strip()}-")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/d.db")
+    store.claim(f"once-{dead}", [UNIT], MINUTE, 1)
+    assert store.claim(me, ["other"], MINUTE, 1)[0].token == 1
+    (taken,) = store.claim(me, [UNIT], MINUTE, 1)  # a killed `monitor once` blocks no one
+    assert (taken.holder, taken.token) == (me, 2)
     store.close()

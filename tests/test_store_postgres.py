@@ -17,12 +17,13 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from monitor.correlate.state import State
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
 from monitor.store import open_store
-from monitor.store.base import CycleRecord
+from monitor.store.base import CycleRecord, Lease, LeaseLost
 from monitor.store.postgres import (
     MIGRATION_LOCK,
     MIGRATIONS,
@@ -32,7 +33,7 @@ from monitor.store.postgres import (
     mask,
 )
 from tests.pgproxy import PgProxy
-from tests.test_store import incident, state
+from tests.test_store import incident, state, wait_until
 
 T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
 PASSWORD = "hunter2-secret"  # trust auth ignores it; it must never be shown
@@ -424,3 +425,183 @@ def test_an_incident_survives_the_instance(pg_url):
     assert second.load_state().incidents[incident().id] == incident()
     assert second.thread("inc") == Thread("C1", "1.0") and second.queued() == []
     second.close()
+
+
+# --- leases between instances ------------------------------------------------------------
+
+UNITS = [f"u{n}" for n in range(6)]
+MINUTE = timedelta(minutes=1)
+
+
+def claim_together(url: str, holders: list[str], limit: int) -> dict[str, list[Lease]]:
+    """Each holder, on its own store (connection), claims UNITS at the same moment."""
+    stores = [PostgresStore(url) for _ in holders]
+    barrier = threading.Barrier(len(holders))
+    claimed: dict[str, list[Lease]] = {}
+    errors: list[BaseException] = []
+
+    def claim(store: PostgresStore, holder: str) -> None:
+        try:
+            barrier.wait()
+            claimed[holder] = store.claim(holder, UNITS, MINUTE, limit)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=pair)
+               for pair in zip(stores, holders, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for store in stores:
+        store.close()
+    assert errors == []
+    return claimed
+
+
+def test_instances_claiming_together_split_the_units(pg_url):
+    """Five rounds: the first creates the lease rows, the next ones find them (released)."""
+    for round_ in range(1, 6):
+        claimed = claim_together(pg_url, ["a", "b", "c"], limit=2)
+        units = [lease.unit for leases in claimed.values() for lease in leases]
+        assert sorted(units) == UNITS, f"round {round_}: {claimed}"  # each unit once
+        assert sorted(len(leases) for leases in claimed.values()) == [2, 2, 2]
+        assert {lease.token for leases in claimed.values() for lease in leases} == {round_}
+        direct(pg_url, "UPDATE leases SET holder = NULL, expires_at = now()")
+
+
+def test_a_claim_passes_over_a_unit_whose_lease_a_write_is_fencing(pg_url):
+    """The old holder's fenced write holds the lease row FOR SHARE until it ends: a claim made
+    meanwhile neither waits for it nor takes the unit under it."""
+    store = PostgresStore(f"{pg_url}?options=-c%20lock_timeout%3D3s")  # a wait fails the test
+    store.claim("a", ["u1", "u2"], timedelta(milliseconds=200), 2)
+    with psycopg.connect(pg_url) as writer:  # a transaction, like commit_cycle's
+        writer.execute("SELECT holder, token FROM leases WHERE unit = 'u1' FOR SHARE")
+        started = time.monotonic()
+        claimed: list[Lease] = []
+        wait_until(lambda: claimed.extend(store.claim("b", ["u1", "u2"], MINUTE, 2)) or claimed,
+                   "a's leases expired")
+        assert [(lease.unit, lease.token) for lease in claimed] == [("u2", 2)]
+        assert time.monotonic() - started < 5
+        assert store.claim("b", ["u1"], MINUTE, 1) == []
+        writer.rollback()
+    (taken,) = store.claim("b", ["u1"], MINUTE, 1)
+    assert (taken.holder, taken.token) == ("b", 2)
+    store.close()
+
+
+def test_a_claim_does_not_wait_for_another_instances_lease_update(pg_url):
+    """A renew (or claim, or a commit's polled_at) of another instance not yet committed:
+    a claim passes that unit over instead of waiting, as the others' refresh would stall."""
+    store = PostgresStore(f"{pg_url}?options=-c%20lock_timeout%3D3s")  # a wait fails the test
+    store.claim("a", ["u1", "u2"], MINUTE, 1)
+    with psycopg.connect(pg_url) as renew:
+        renew.execute("UPDATE leases SET renewed_at = now() WHERE unit = 'u1'")
+        started = time.monotonic()
+        assert [lease.unit for lease in store.claim("b", ["u1", "u2"], MINUTE, 2)] == ["u2"]
+        assert time.monotonic() - started < 2
+        renew.rollback()
+    store.close()
+
+
+def test_a_write_waiting_on_a_change_of_holder_is_refused_once_it_committed(pg_url):
+    """The other order: a claim has taken the lease row (not yet committed) when the old
+    holder's write starts. The fence waits for the claim, then sees the new holder."""
+    store = PostgresStore(pg_url)
+    (lease,) = store.claim("a", ["spector-prod"], MINUTE, 1)
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            store.commit_cycle(state(), CycleRecord(
+                unit="spector-prod", checkpoint=Checkpoint(T0), seen={"e": T0},
+                forget_before=None, messages=[msg(1)], lease=lease))
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(pg_url) as claim:
+        claim.execute("UPDATE leases SET holder = 'b', token = token + 1, acquired_at = now(), "
+                      "expires_at = now() + interval '1 minute' WHERE unit = 'spector-prod'")
+        writer = threading.Thread(target=write)
+        writer.start()
+        wait_until(lambda: direct(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+                   == [(1,)], "the fence waits for the claim")
+        assert outcome == []
+        claim.commit()
+    writer.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost)
+    assert store.load_state().incidents == {} and store.queued() == []
+    assert checkpoint_of(pg_url) is None and store.seen_keys(["e"]) == set()
+    store.close()
+
+
+# --- migrations --------------------------------------------------------------------------
+
+
+def test_migration_2_gives_the_rows_of_a_single_unit_to_it(pg_url, monkeypatch):
+    monkeypatch.setattr("monitor.store.postgres.MIGRATIONS", MIGRATIONS[:1])
+    PostgresStore(pg_url).close()
+    i, facts = incident(), state().revisions[("spector", "spector-00042-wex")]
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO incidents (id, service, signal, status, first_seen, data) "
+                     "VALUES (%s, %s, %s, %s, %s, %s)", (i.id, i.service, i.signal,
+                                                         i.status.value, T0, Jsonb(i.to_state())))
+        conn.execute("INSERT INTO revisions (service, name, data) VALUES (%s, %s, %s)",
+                     (facts.service, facts.name, Jsonb(facts.to_state())))
+        conn.execute("INSERT INTO seen (key, ts) VALUES ('old-key', %s)", (T0,))
+        conn.execute("INSERT INTO checkpoints (unit, value, until, updated_at) "
+                     "VALUES ('spector-prod', %s, %s, now())",
+                     (Jsonb(Checkpoint(T0).to_json()), T0))
+        conn.execute("INSERT INTO meta (key, value) VALUES ('correlate', %s)", (Jsonb({
+            "request_services": ["spector"], "source_failures": [["spector-prod", 2]],
+            "pending": [["spector", "other", [["2025-12-04T21:00:00Z", "spector-00042-wex",
+                                               "sample"]]]]}),))
+    monkeypatch.undo()
+
+    store = PostgresStore(pg_url)
+    assert store.schema_version == len(MIGRATIONS) == 2
+    loaded = store.load_state("spector-prod")
+    assert loaded.incidents == {i.id: i}
+    assert loaded.revisions == {("spector", "spector-00042-wex"): facts}
+    assert loaded.pending == {("spector", "other"): [(T0, "spector-00042-wex", "sample")]}
+    assert (loaded.request_services, loaded.source_failures) == ({"spector"},
+                                                                 {"spector-prod": 2})
+    store.commit_cycle(loaded, CycleRecord(unit="spector-prod", checkpoint=None, seen={},
+                                           forget_before=T0 + timedelta(minutes=1), messages=[]))
+    assert store.seen_keys(["old-key"]) == set()  # the unit's own key, pruned with its unit
+    assert direct(pg_url, "SELECT count(*) FROM revisions") == [(1,)]  # updated, not added
+    store.close()
+
+
+# --- only what changed is written --------------------------------------------------------
+
+
+def row_versions(url: str) -> dict[str, str]:
+    """Each incident's and revision's row version: a new xmin means the row was rewritten."""
+    return dict(direct(url, "SELECT 'i ' || id, xmin::text FROM incidents UNION ALL "
+                            "SELECT 'r ' || name, xmin::text FROM revisions"))
+
+
+def test_an_unchanged_document_is_not_rewritten(pg_url):
+    """Also when it holds what JSONB spells its own way: escaped text, key order, non-ASCII."""
+    odd = 'a\x00b \ud800 \ue000 "q" \\ / \x01\x1f\x7f\t\n \U0001f525 é \u2028'
+    s = state()
+    s.incidents[incident().id].sample = odd
+    s.incidents[incident().id].revisions = {odd: 1, "r": 2, "é": 3, "spector-00042-wex": 7}
+    s.revisions[("spector", "spector-00042-wex")].errors = {odd: 1, "zz": 2, "é": 3}
+    PostgresStore(pg_url).commit_cycle(s, cycle(1))
+    store = PostgresStore(pg_url)  # another instance: it knows only what it loads
+    loaded = store.load_state("spector-prod")
+    assert loaded.incidents == s.incidents
+    before = row_versions(pg_url)
+    store.commit_cycle(loaded, cycle(2))
+    assert row_versions(pg_url) == before
+    loaded.incidents[incident().id].count += 1
+    store.commit_cycle(loaded, cycle(3))
+    after = row_versions(pg_url)
+    assert after[f"i {incident().id}"] != before[f"i {incident().id}"]
+    assert after["r spector-00042-wex"] == before["r spector-00042-wex"]
+    store.commit_cycle(loaded, cycle(4))  # what it wrote itself, it knows as written too
+    assert row_versions(pg_url) == after
+    store.close()

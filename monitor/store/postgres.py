@@ -483,8 +483,9 @@ class PostgresStore:
                 metas = cur.execute("SELECT value FROM meta WHERE key = %s",
                                     (_enc_text(f"correlate:{unit}"),)).fetchall()
             else:
-                metas = cur.execute("SELECT value FROM meta WHERE key LIKE 'correlate:%' "
-                                    "ORDER BY key").fetchall()
+                # every unit's, and one from before the state was partitioned
+                metas = cur.execute("SELECT value FROM meta WHERE key = 'correlate' OR "
+                                    "key LIKE 'correlate:%' ORDER BY key").fetchall()
             return incidents, revisions, metas
 
         incidents, revisions, metas = self._run(work, what="load the state")
@@ -708,7 +709,10 @@ class PostgresStore:
         names = [_enc_text(u) for u in units]
 
         def work(cur: Cursor) -> list[Any]:
-            cur.execute("INSERT INTO leases (unit) SELECT unnest(%s::text[]) "
+            # Only the rows missing: an INSERT that conflicts with a row another transaction
+            # has updated (a renew, a claim, a commit's polled_at) waits for that transaction.
+            cur.execute("INSERT INTO leases (unit) SELECT u FROM unnest(%s::text[]) AS n(u) "
+                        "WHERE NOT EXISTS (SELECT 1 FROM leases WHERE unit = n.u) "
                         "ON CONFLICT (unit) DO NOTHING", (names,))
             return cur.execute(
                 """WITH free AS (
@@ -756,12 +760,12 @@ class PostgresStore:
 
     def leases(self) -> list[LeaseInfo]:
         rows = self._run(lambda cur: cur.execute(
-            """SELECT l.unit, l.holder, l.token, l.acquired_at, l.expires_at, l.polled_at,
+            f"""SELECT l.unit, l.holder, l.token, l.acquired_at, {_EXPIRES}, l.polled_at,
                       coalesce(i.expires_at > now(), false), now()
                FROM leases l LEFT JOIN instances i ON i.id = l.holder
                ORDER BY l.unit""").fetchall(), what="read the leases")
         return [LeaseInfo(_dec_text(u), _dec_text(h) if h is not None else None, int(t), _utc(a),
-                          _finite(e), _utc(p), bool(alive), _utc(n) or datetime.now(UTC))
+                          _utc(e), _utc(p), bool(alive), _utc(n) or datetime.now(UTC))
                 for u, h, t, a, e, p, alive, n in rows]
 
     def close(self) -> None:
@@ -777,9 +781,8 @@ def _epoch() -> datetime:
     return datetime.min.replace(tzinfo=UTC)
 
 
-def _finite(t: datetime | None) -> datetime | None:
-    """psycopg reads '-infinity' (a lease never taken) as datetime.min."""
-    return None if t is None or t.year == 1 else _utc(t)
+# A lease never taken expires at '-infinity', which psycopg cannot read (DataError): read NULL.
+_EXPIRES = "CASE WHEN isfinite(l.expires_at) THEN l.expires_at END"
 
 
 def _doc_key(kind: str, unit: str, *names: str) -> str:
@@ -808,7 +811,7 @@ def _jsonb_text(value: Any) -> str:
 def _fence(cur: Cursor, lease: Lease, min_left: timedelta = timedelta(0)) -> None:
     """The first statement of a write for a unit: refuse unless `lease` still holds it. The row
     is locked FOR SHARE until the transaction ends, so a change of holder waits for it."""
-    row = cur.execute("SELECT holder, token, expires_at, now() FROM leases WHERE unit = %s "
+    row = cur.execute(f"SELECT holder, token, {_EXPIRES}, now() FROM leases l WHERE unit = %s "
                       "FOR SHARE", (_enc_text(lease.unit),)).fetchone()
     now = row[3] if row else datetime.now(UTC)
     check_fence(lease, (_dec_text(row[0]) if row[0] is not None else None, row[1], row[2])

@@ -135,8 +135,11 @@ MIGRATIONS: list[str] = [
 
 def _ts(t: datetime) -> str:
     """Fixed-width UTC text, so SQLite's string comparison is time order (RFC3339 with an
-    optional fraction is not: '...00.5Z' sorts before '...00Z')."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    optional fraction is not: '...00.5Z' sorts before '...00Z'). One per dedupe key written:
+    `isoformat` is the cheap way to "%Y-%m-%dT%H:%M:%S.%fZ"."""
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)
+    return t.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def _key(key: str) -> str:
@@ -205,8 +208,10 @@ class SQLiteStore:
         if unit is not None:
             metas = [self._meta(f"correlate:{unit}")]
         else:
+            # every unit's, and one from before the state was partitioned
             metas = [json.loads(v) for (v,) in self._db.execute(
-                "SELECT value FROM meta WHERE key LIKE 'correlate:%' ORDER BY key")]
+                "SELECT value FROM meta WHERE key = 'correlate' OR key LIKE 'correlate:%' "
+                "ORDER BY key")]
         for meta in metas:
             if meta:
                 merge_correlate(state, meta)

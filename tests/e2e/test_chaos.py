@@ -137,6 +137,21 @@ def leader(store: PostgresStore, unit: str) -> tuple[str, int] | None:
     return None
 
 
+def new_leader(store: PostgresStore, unit: str, old: str) -> tuple[str, int]:
+    """Wait until an instance other than `old` holds the unit's lease; its (holder, token)."""
+    deadline = time.monotonic() + LEASE + 10
+    while time.monotonic() < deadline:
+        lead = leader(store, unit)
+        if lead is not None and lead[0] != old:
+            return lead
+        time.sleep(0.1)
+    raise AssertionError(f"{unit} was not taken over from {old} within {LEASE + 10:.0f}s")
+
+
+def current_leader(store: PostgresStore, unit: str) -> tuple[str, int]:
+    return new_leader(store, unit, old="")
+
+
 def feed(emu: Emulator, stop: threading.Event) -> None:
     """Waves of errors in both units, staggered, each followed by quiet so it resolves."""
     for wave in range(WAVES):
@@ -155,7 +170,6 @@ def test_three_instances_survive_kills_pauses_and_a_rolling_restart(tmp_path, pg
         config.write_text(config_text(emu, slack, pg_url))
         fleet = Fleet(config, tmp_path)
         store = PostgresStore(pg_url)
-        figures: dict[str, object] = {}
         failovers: list[float] = []
         stop_feeding = threading.Event()
         feeder = threading.Thread(target=feed, args=(emu, stop_feeding), daemon=True)
@@ -167,18 +181,15 @@ def test_three_instances_survive_kills_pauses_and_a_rolling_restart(tmp_path, pg
             feeder.start()
 
             def kill_leader(unit: str) -> None:
-                holder, token = leader(store, unit) or wait_for(
-                    f"a leader of {unit}", lambda: leader(store, unit))  # type: ignore[misc]
+                holder, token = current_leader(store, unit)
                 victim = fleet.by_holder(holder)
                 victim.proc.kill()
                 killed = time.monotonic()
                 victim.proc.wait(timeout=10)
                 fleet.remove(victim)
-                new = wait_for(f"{unit} taken over after a SIGKILL",
-                               lambda: (lead := leader(store, unit)) and lead[0] != holder
-                               and lead, timeout=LEASE + 10)
+                _, new_token = new_leader(store, unit, old=holder)
                 failovers.append(time.monotonic() - killed)
-                assert new[1] > token  # type: ignore[index]  # a new fencing token
+                assert new_token > token  # a new fencing token
                 fleet.start()  # back to three
 
             # 1. the leader killed, again and again
@@ -189,14 +200,11 @@ def test_three_instances_survive_kills_pauses_and_a_rolling_restart(tmp_path, pg
                 kills += 1
             # 2. a leader paused past its lease, then resumed
             time.sleep(2)
-            holder, token = leader(store, "shop-b") or (None, 0)  # type: ignore[assignment]
-            assert holder is not None
+            holder, _ = current_leader(store, "shop-b")
             paused = fleet.by_holder(holder)
             paused.proc.send_signal(signal.SIGSTOP)
             stopped_at = time.monotonic()
-            lead = wait_for("shop-b taken over from the paused leader",
-                            lambda: (lead := leader(store, "shop-b")) and lead[0] != holder
-                            and lead, timeout=LEASE + 10)
+            new_leader(store, "shop-b", old=holder)
             failovers.append(time.monotonic() - stopped_at)
             time.sleep(max(0.0, stopped_at + LEASE + 2 - time.monotonic()))
             paused.proc.send_signal(signal.SIGCONT)

@@ -1,0 +1,169 @@
+"""Leadership: the fair share (`plan`), refresh against real stores, due(), and which holders
+of this host are gone (`gone_locally`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from monitor.correlate.state import State
+from monitor.instance import gone_locally, instance_id
+from monitor.leadership import Change, Leadership, Plan, plan
+from monitor.store import open_store
+from monitor.store.base import CycleRecord, Lease
+from tests.test_store import claim_when_expired, wait_until
+
+UNITS = ["u1", "u2", "u3"]
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+def test_plan_one_instance_takes_every_unit():
+    assert plan(UNITS, set(), alive=1) == Plan(release=[], claim=3)
+    assert plan(UNITS, set(), alive=0) == Plan(release=[], claim=3)  # not yet counted
+    assert plan(UNITS, set(UNITS), alive=1) == Plan(release=[], claim=0)
+
+
+def test_plan_shares_three_units_between_two_instances_two_and_one():
+    assert plan(UNITS, set(), alive=2) == Plan(release=[], claim=2)
+    assert plan(UNITS, {"u1", "u2"}, alive=2) == Plan(release=[], claim=0)
+    assert plan(UNITS, {"u3"}, alive=2) == Plan(release=[], claim=1)  # claims; none is free
+
+
+def test_plan_releases_the_surplus_when_an_instance_joins():
+    assert plan(UNITS, set(UNITS), alive=2) == Plan(release=["u3"], claim=0)
+    assert plan(UNITS, set(UNITS), alive=3) == Plan(release=["u2", "u3"], claim=0)
+    assert plan(["u1"], set(), alive=3) == Plan(release=[], claim=1)  # more instances than units
+
+
+def test_plan_releases_units_no_longer_in_the_config():
+    assert plan(["u1", "u2"], {"u1", "gone"}, alive=1) == Plan(release=["gone"], claim=1)
+
+
+# --- Leadership on a real store ------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stores(request, tmp_path):
+    """Opens another instance's store (a connection of its own) on one shared database."""
+    url = (f"sqlite:///{tmp_path}/state.db" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    opened = []
+
+    def another():
+        opened.append(open_store(url))
+        return opened[-1]
+
+    yield another
+    for store in opened:
+        store.close()
+
+
+def leader(store, holder: str, ttl: timedelta = MINUTE, interval: timedelta = HOUR):
+    return Leadership(store=store, holder=holder, units=list(UNITS), ttl=ttl, interval=interval)
+
+
+def test_two_instances_split_the_units_and_one_takes_all_when_the_other_leaves(stores):
+    a, b = leader(stores(), "a"), leader(stores(), "b")
+    assert a.refresh() == [Change(u, "acquired", 1) for u in UNITS]  # alone: all of them
+    assert b.refresh() == [] and (b.alive, b.role) == (2, "standby")
+    assert a.refresh() == [Change("u3", "released", 1)]  # b counts now: a keeps its share
+    assert b.refresh() == [Change("u3", "acquired", 2)]
+    assert (sorted(a.held), sorted(b.held)) == (["u1", "u2"], ["u3"])
+    assert a.refresh() == [] and b.refresh() == []  # stable
+    assert a.role == "leader" and "u1 (token 1)" in a.describe()
+    b.leave()
+    assert b.held == {} and b.role == "standby"
+    assert a.refresh() == [Change("u3", "acquired", 3)]
+    assert (sorted(a.held), a.alive) == (UNITS, 1)
+
+
+def test_a_lease_taken_over_while_its_leader_paused_shows_as_lost(stores):
+    a = leader(stores(), "a", ttl=timedelta(milliseconds=300))
+    a.refresh()
+    claim_when_expired(stores(), "c", "u1")  # a froze past its leases; c took one
+    assert a.refresh() == [Change("u1", "lost", 1)]
+    assert sorted(a.held) == ["u2", "u3"]  # renewed: nobody else wanted them
+    assert not a.due("u1")
+
+
+def test_a_unit_taken_over_is_due_one_interval_after_its_last_poll(stores):
+    a = leader(stores(), "a")
+    a.refresh()
+    assert all(a.due(u) for u in UNITS)  # never polled
+    a.store.commit_cycle(State(), CycleRecord(unit="u1", checkpoint=None, seen={},
+                                              forget_before=None, messages=[],
+                                              lease=a.held["u1"]))
+    a.leave()
+    b = leader(stores(), "b")
+    b.refresh()
+    assert sorted(b.held) == UNITS
+    assert not b.due("u1")  # a polled it moments ago
+    assert b.due("u2") and b.due("u3")  # never polled
+    b.interval = timedelta(0)
+    assert b.due("u1")  # its last poll is an interval ago
+    b.interval = HOUR
+    assert b.refresh() == [] and b.due("u1")  # the next tick, one interval later
+
+
+def lease(polled_ago: timedelta | None) -> Lease:
+    now = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
+    return Lease("u1", "b", 2, now, now + MINUTE,
+                 now - polled_ago if polled_ago is not None else None, now)
+
+
+@pytest.mark.parametrize(("polled_ago", "fresh", "due"), [
+    (timedelta(seconds=10), True, False),  # taken over just after the old leader's poll
+    (timedelta(seconds=60), True, True),  # an interval ago
+    (timedelta(hours=1), True, True),
+    (None, True, True),  # never polled
+    (timedelta(seconds=10), False, True),  # held since an earlier tick
+])
+def test_due(polled_ago, fresh, due):
+    held = Leadership(store=None, holder="b", units=["u1"], ttl=MINUTE,  # type: ignore[arg-type]
+                      interval=MINUTE, held={"u1": lease(polled_ago)},
+                      fresh={"u1"} if fresh else set())
+    assert held.due("u1") is due
+    assert held.due("u2") is False  # not held
+
+
+# --- gone_locally --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    pid = int(child.stdout)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), "the child is reaped")
+    return pid
+
+
+def here(pid: int) -> str:
+    """An instance id of this host, as instance_id() makes it, for process `pid`."""
+    return instance_id().replace(f"-{os.getpid()}-", f"-{pid}-")
+
+
+def test_a_dead_process_of_this_host_is_gone(dead_pid):
+    holder = here(dead_pid)
+    assert gone_locally(holder)
+    assert gone_locally(f"once-{holder}")  # `monitor once` holds leases too
+
+
+def test_a_live_process_or_another_host_or_garbage_is_not_gone(dead_pid, monkeypatch):
+    assert not gone_locally(instance_id())  # this process
+    assert not gone_locally(f"once-{instance_id()}")
+    assert not gone_locally(f"some-other-host-{dead_pid}-abc123")
+    for garbage in ["", "-", "x", "a-b", "a-b-c", f"{dead_pid}", "--", "\x00-1-2"]:
+        assert not gone_locally(garbage), garbage
+    monkeypatch.setenv("K_REVISION", "spector-00042-wex")  # on Cloud Run: the revision
+    holder = here(dead_pid)
+    assert holder.startswith(f"spector-00042-wex-{dead_pid}-")
+    assert gone_locally(holder)
