@@ -104,30 +104,30 @@ def findings(sections: list[Section]) -> list[str]:
         ranked = sorted(((v, k) for k, v in buckets.items() if k != "total"), reverse=True)
         worst = ", ".join(f"{k.split(' (')[0]} {100 * v / total:.0f} %" for v, k in ranked[:4])
         missed = [t for t in tp.targets if t[2] is False]
-        transport = next((v for k, v in buckets.items() if k.startswith("read: the gRPC")), 0.0)
-        own = total - transport
+        measured = ", ".join(f"{t[1]} ({t[0].split(' at ')[-1]})" for t in tp.targets)
         out.append(
             "**Throughput** "
             + ("misses the 1.3x target" if missed else "meets the 1.3x target")
-            + f". In the profiled cycle the biggest steps are: {worst}. The gRPC call is the "
-            f"work the floor does too; the other {100 * own / total:.0f} % is the cycle's own "
-            "work per entry, in pure Python. `sources/cloud_logging.py:_from_pb` builds each "
-            "`LogEntry` through the general keyword-argument `entries.normalise`, makes two "
-            "`datetime`s per entry (`_pb_time`: epoch + timedelta), converts every structured "
-            "payload whole with `MessageToDict` (JSON app logs, audit entries) and works out "
-            "the project per entry; `Classifier.classify` sorts every entry and dispatches "
-            "each one; `commit_cycle` formats (`strftime`) and inserts a dedupe key per entry "
-            "inside the forget window. Fixes, in order of gain: (1) a fast path in `_from_pb` "
-            "that fills `LogEntry` directly from the protobuf fields, converts timestamps with "
-            "`datetime.fromtimestamp(seconds, UTC)` plus `replace(microsecond=nanos // 1000)` "
-            "(or keeps integer nanoseconds until they are needed), and reads only "
-            "`message`/`error` from a JSON payload's Struct instead of `MessageToDict`; "
-            "(2) request logs (half of the traffic) folded without a full `LogEntry`: only "
-            "their time, service, revision and status are used; (3) `classify` skips the sort "
-            "when the source already reads in timestamp order (the API does); (4) dedupe keys "
-            "stored with a cheap time format (`isoformat`, or integer nanoseconds). Reaching "
-            "1.3x needs the per-entry work to drop to about a third of the transport's time, "
-            "so (1) and (2) are both needed.")
+            + f": {measured}. The read overlaps the server already (the next page is fetched "
+            "on a helper thread while this one is converted and consumed), so what the cycle "
+            "adds to the floor is its own Python work per entry beyond the wait for the next "
+            f"page. In the profiled cycle the biggest steps are: {worst}. Done so far: "
+            "protobuf fields straight into `LogEntry` (`sources/cloud_logging.py:_from_pb`), "
+            "what a log name and monitored resource say worked out once per distinct pair, "
+            "the whole second of each timestamp cached, only the message fields read from a "
+            "JSON payload's Struct, no sort of a batch already in order, `isoformat` dedupe "
+            "keys. What is left, with its fix, in order of gain: (1) `_from_pb` still builds a "
+            "frozen dataclass (one `object.__setattr__` per field) and two `datetime`s per "
+            "entry, one of them the receive time that no later step reads: drop "
+            "`LogEntry.receive_timestamp` and keep times as integer nanoseconds until a step "
+            "needs a `datetime`; (2) request logs, about half the traffic, each become a "
+            "`LogEntry`, a `RequestServed` observation and a dedupe key only to be counted per "
+            "revision and status: count them straight from the protobuf; (3) classify, "
+            "correlate and the commit start after the whole read: classifying page by page "
+            "(`check.fresh_entries` looking up dedupe keys and classifying per page) would "
+            "overlap them with the next page's fetch, and flatten a cycle's memory too. The "
+            "cycle reaches the floor when its own work per page is less than the server's "
+            "time per page; (1) to (3) together are the way there.")
     mem = having("peaks")
     if mem is not None:
         out.append(
@@ -166,70 +166,73 @@ def findings(sections: list[Section]) -> list[str]:
             "`chat.update` edits of older roots, so an alert never queues behind an edit.")
     state = having("probes")
     if state is not None:
-        parts = []
-        for name, probes in state.data["probes"].items():
-            days = sorted(probes)
-            first, last = probes[days[0]], probes[days[-1]]
-            parts.append(f"on {name} the store is {last['size'] / 1024:,.0f} KB after "
-                         f"{days[-1]} days ({last['size'] / first['size']:.1f}x day {days[0]}) "
-                         f"and the probe cycle takes {last['seconds'] / first['seconds']:.1f}x "
-                         f"as long as on day {days[0]}")
-        bounded = all(t[2] for t in state.targets if "bounded" in t[0])
-        flat = all(t[2] for t in state.targets if "flat" in t[0])
-        text = "**Cost of state**: " + "; ".join(parts) + "."
-        if bounded:
-            text += " The stores stay bounded: retention deletes what is no longer needed."
-        else:
-            text += (" The stores grow with the history: besides the dedupe keys (deleted after "
-                     "`2 x max_lateness`), what the cycle keeps (incidents, revision facts, "
-                     "sent outbox rows) is not deleted within these days.")
-        for name, shares in (state.data.get("shares") or {}).items():
-            total = shares.get("total") or 0.0
-            if not total:
-                continue
-            named = sorted(((v, k) for k, v in shares.items() if k != "total"), reverse=True)
-            text += (f" On {name}, the last day's probe spends " + ", ".join(
-                f"{100 * v / total:.0f} % in {k.split(' (')[0]}" for v, k in named) + ".")
-        pg = state.data["probes"].get("PostgreSQL")
-        if pg:
-            last = pg[max(pg)]
-            live_rows = last["rows"]["incidents"] + last["rows"]["revisions"]
-            text += (
-                f" PostgreSQL's size counts dead row versions: the cycles' UPDATEs left "
-                f"{last['rows']['dead']:,} of them beside {live_rows:,} live incidents and "
-                f"revisions by day {max(pg)}, with {last['rows']['vacuums']} vacuum(s) (this "
-                f"server runs with `autovacuum = {state.data.get('autovacuum')}`; with "
-                "autovacuum on they are reclaimed about once a minute, but every rewritten row "
-                "still costs a new version).")
-        fixes = []
-        sqlite = (state.data.get("shares") or {}).get("SQLite") or {}
-        total = sqlite.get("total") or 0.0
-
-        def share(prefix: str) -> float:
-            return next((v / total for k, v in sqlite.items() if k.startswith(prefix)), 0.0) \
-                if total else 0.0
-
-        if share("`correlate/health.py") > 0.1:
-            fixes.append("`correlate/health.py:source_health` should not copy the state when "
-                         "the read was fine and no source incident is open")
-        if share("`correlate/incidents.py") > 0.2:
-            fixes.append("`correlate/incidents.py:advance` should copy only the incidents and "
-                         "revisions it changes (copy-on-write), not the whole `State`, and "
-                         "`_Machine.emit` not deep-copy every revision of the service per "
-                         "transition")
-        if share("`commit_cycle`") > 0.15:
-            fixes.append("`commit_cycle` should write only the rows the cycle changed")
-        if share("`load_state`") > 0.1:
-            fixes.append("`load_state` should load only open incidents and recent revisions "
-                         "instead of the whole history every cycle")
-        if not bounded:
-            fixes.append("retention (resolved incidents, revisions not seen and sent outbox "
-                         "rows older than a configurable age) should bound the store")
-        if fixes and not flat:
-            text += " What would fix it, in order of the profile's shares: " + "; ".join(
-                f"({n}) {f}" for n, f in enumerate(fixes, 1)) + "."
-        out.append(text)
+        out.append(_state_finding(state))
     return out
+
+
+def _state_finding(state: Section) -> str:
+    """Cost of state, from the probes' sizes, rows and profiles."""
+    text = "**Cost of state**: "
+    parts = []
+    for name, probes in state.data["probes"].items():
+        days = sorted(probes)
+        first, prev, last = probes[days[0]], probes[days[-2]], probes[days[-1]]
+        r0, r1 = prev["rows"], last["rows"]
+        kept0, kept1 = r0["incidents"] + r0["revisions"], r1["incidents"] + r1["revisions"]
+        part = (f"on {name}, {last['size'] / 1024:,.0f} KB after {days[-1]} days "
+                f"({last['size'] / first['size']:.1f}x day {days[0]}, "
+                f"{last['size'] / prev['size']:.2f}x day {days[-2]}), the probe cycle "
+                f"{last['seconds'] / first['seconds']:.1f}x day {days[0]} and "
+                f"{last['seconds'] / prev['seconds']:.2f}x day {days[-2]}; incidents + "
+                f"revisions {kept0:,} -> {kept1:,} ("
+                + ("bounded" if kept1 <= 1.1 * kept0 else "growing")
+                + f"), sent outbox rows {r0['outbox']:,} -> {r1['outbox']:,}")
+        if "dead" in r1:
+            by_table = sorted(((n, k.split(":", 1)[1]) for k, n in r1.items()
+                               if k.startswith("dead:") and n), reverse=True)
+            part += (f", dead row versions {r0['dead']:,} -> {r1['dead']:,} ("
+                     + ", ".join(f"{t} {n:,}" for n, t in by_table[:4])
+                     + f"; {r1['vacuums']} vacuum(s): `autovacuum = "
+                     f"{state.data.get('autovacuum')}` on this server, so every UPDATE and "
+                     "DELETE since the start is still on disk: on a server with autovacuum on, "
+                     "as Cloud SQL runs, most of this is reclaimed)")
+        parts.append(part)
+    text += "; ".join(parts) + "."
+    text += (" Sent messages go with their incident when retention deletes it (and any sent "
+             "message after 30 days of real time), so the outbox follows the incidents.")
+    for name, shares in (state.data.get("shares") or {}).items():
+        total = shares.get("total") or 0.0
+        if total:
+            named = sorted(((v, k) for k, v in shares.items() if k != "total"), reverse=True)
+            text += (f" On {name}, the last probe spends " + ", ".join(
+                f"{100 * v / total:.0f} % in {k.split(' (')[0]}" for v, k in named[:3]) + ".")
+    sqlite = (state.data.get("shares") or {}).get("SQLite") or {}
+    total = sqlite.get("total") or 0.0
+
+    def share(prefix: str) -> float:
+        return next((v / total for k, v in sqlite.items() if k.startswith(prefix)), 0.0) \
+            if total else 0.0
+
+    fixes = []
+    if share("`commit_cycle`") > 0.15:
+        fixes.append("`commit_cycle` serialises every incident and revision each cycle "
+                     "(`Incident.to_state` through `dataclasses.asdict`, "
+                     "`RevisionFacts.to_state`, `json.dumps`) to find or write what changed: "
+                     "the state machine should mark the incidents and revisions it touches and "
+                     "the store serialise only those, on both stores")
+    if share("`load_state`") > 0.1:
+        fixes.append("`load_state` parses every incident and revision (a `parse_time` per "
+                     "timestamp) every cycle: `monitor run` could keep the state in memory "
+                     "between its cycles, or load only open incidents and recent revisions")
+    if share("`correlate/incidents.py") > 0.2:
+        fixes.append("`correlate/incidents.py:advance` should copy only what it changes")
+    if share("`correlate/health.py") > 0.1:
+        fixes.append("`correlate/health.py:source_health` should not copy the state when "
+                     "nothing changes")
+    if fixes:
+        text += (" What the per-cycle cost of the retained month is made of, and its fix: "
+                 + "; ".join(f"({n}) {f}" for n, f in enumerate(fixes, 1)) + ".")
+    return text
 
 
 def revision() -> str:

@@ -290,3 +290,33 @@ def test_reads_the_store_only(tmp_path, store):
 ])
 def test_human_durations(seconds, text):
     assert human(seconds) == text
+
+
+def test_status_shows_who_leads_each_unit_and_a_stuck_lease(tmp_path):
+    """A live leader is named with its token; one whose heartbeat stopped is STUCK, with the time
+    its lease has left; once the lease ran out the next instance is said to take it."""
+    config = make_config(tmp_path)
+    store = SQLiteStore(f"sqlite:///{tmp_path}/leases.db")
+    now = datetime.now(UTC)
+    store.heartbeat("vm-1-aaaaaa", timedelta(minutes=5))
+    store.claim("vm-1-aaaaaa", [UNIT], timedelta(minutes=3), limit=1)
+    (unit,) = status_report(config, store, now)["units"]
+    assert unit["lease"]["state"] == "held" and unit["lease"]["token"] == 1
+    assert unit["lease"]["holder"] == "vm-1-aaaaaa" and unit["lease"]["since"] is not None
+    text = status_text(status_report(config, store, now))
+    assert "led by vm-1-aaaaaa since " in text and "(token 1)" in text
+
+    store.leave("vm-1-aaaaaa")  # the instance row goes; put the lease back as a crash leaves it
+    store._db.execute("UPDATE leases SET holder = 'vm-1-aaaaaa', expires_at = ?",
+                      ((now + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),))
+    (unit,) = status_report(config, store, now)["units"]
+    assert unit["lease"]["state"] == "stuck"
+    assert "STUCK: led by vm-1-aaaaaa, which stopped (no heartbeat); its lease expires in" \
+        in status_text(status_report(config, store, now))
+
+    store._db.execute("UPDATE leases SET expires_at = ?",
+                      ((now - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),))
+    (unit,) = status_report(config, store, now)["units"]
+    assert unit["lease"]["state"] == "expired"
+    assert "the next instance takes it" in status_text(status_report(config, store, now))
+    store.close()

@@ -321,6 +321,28 @@ def test_retention_deletes_old_resolved_incidents_and_revisions_only(store):
     assert set(loaded.revisions) == {("spector", "spector-00042-wex")}
 
 
+def test_retention_takes_a_deleted_incidents_thread_and_sent_messages_with_it(store):
+    s = state()
+    old = incident(IncidentStatus.RESOLVED)
+    old.id, old.resolved_at = "old", T0 - timedelta(days=40)
+    s.incidents["old"] = old
+    keep = incident().id
+    store.commit_cycle(s, CycleRecord(unit="u", checkpoint=AT_T0, seen={}, forget_before=None,
+                                      messages=[message(1, incident_id="old"),
+                                                message(1, incident_id=keep),
+                                                message(2, Action.REPLY, incident_id="old")]))
+    first, other, unsent = store.queued()
+    store.mark_sent(first, Thread("C1", "1.1"))
+    store.mark_sent(other, Thread("C1", "2.1"))
+    store.commit_cycle(store.load_state("u"), CycleRecord(
+        unit="u", checkpoint=AT_T0, seen={}, forget_before=None, messages=[],
+        retain_after=T0 - timedelta(days=30)))
+    assert store.thread("old") is None and store.sent("old") == []
+    assert store.thread(keep) == Thread("C1", "2.1")  # the open incident keeps its thread
+    assert [s.message.key for s in store.sent(keep)] == [other.message.key]
+    assert [q.message.key for q in store.queued()] == [unsent.message.key]  # never dropped
+
+
 def test_sqlite_rewrites_only_the_documents_that_changed(tmp_path):
     store = SQLiteStore(f"sqlite:///{tmp_path}/w.db")
     s = state()

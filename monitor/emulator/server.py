@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -64,6 +65,7 @@ class RequestRecord:
     page: int  # which page of its read (0: the first)
     status: str = "OK"  # a grpc.StatusCode name
     entries: int = 0  # entries returned
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass

@@ -590,14 +590,19 @@ class PostgresStore:
                 cur.execute("DELETE FROM seen WHERE unit = %s AND ts < %s",
                             (unit, record.forget_before))
             if record.retain_after is not None:
-                cur.execute("DELETE FROM incidents WHERE unit = %s AND status = 'resolved' AND "
-                            "(data->>'resolved_at')::timestamptz < %s",
-                            (unit, record.retain_after))
+                gone = [i for (i,) in cur.execute(
+                    "DELETE FROM incidents WHERE unit = %s AND status = 'resolved' AND "
+                    "(data->>'resolved_at')::timestamptz < %s RETURNING id",
+                    (unit, record.retain_after)).fetchall()]
                 cur.execute("DELETE FROM revisions WHERE unit = %s AND "
                             "(data->>'last_seen')::timestamptz < %s",
                             (unit, record.retain_after))
-                cur.execute("DELETE FROM outbox WHERE unit = %s AND sent_at < %s",
-                            (unit, datetime.now(UTC) - RETENTION))
+                # A deleted incident's thread and sent messages go with it; other sent messages
+                # after RETENTION of real time.
+                cur.execute("DELETE FROM threads WHERE incident_id = ANY(%s::text[])", (gone,))
+                cur.execute("DELETE FROM outbox WHERE unit = %s AND sent_at IS NOT NULL AND "
+                            "(sent_at < %s OR incident_id = ANY(%s::text[]))",
+                            (unit, datetime.now(UTC) - RETENTION, gone))
             if messages:
                 # One statement per message, in order: ids (BIGSERIAL) follow the list.
                 cur.executemany(

@@ -281,10 +281,17 @@ class SQLiteStore:
                            (unit, _ts(record.forget_before)))
             if record.retain_after is not None:
                 cutoff = format_time(record.retain_after)
-                db.execute("DELETE FROM incidents WHERE unit = ? AND status = 'resolved' AND "
-                           "json_extract(data, '$.resolved_at') < ?", (unit, cutoff))
+                gone = [(i,) for (i,) in db.execute(
+                    "DELETE FROM incidents WHERE unit = ? AND status = 'resolved' AND "
+                    "json_extract(data, '$.resolved_at') < ? RETURNING id",
+                    (unit, cutoff)).fetchall()]
                 db.execute("DELETE FROM revisions WHERE unit = ? AND "
                            "json_extract(data, '$.last_seen') < ?", (unit, cutoff))
+                # A deleted incident's thread and sent messages go with it; other sent messages
+                # after RETENTION of real time.
+                db.executemany("DELETE FROM threads WHERE incident_id = ?", gone)
+                db.executemany("DELETE FROM outbox WHERE incident_id = ? AND sent_at IS NOT NULL",
+                               gone)
                 db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
                            "sent_at < ?", (unit, _ts(now - RETENTION)))
             created = _ts(now)

@@ -128,6 +128,9 @@ def test_run_alerts_resolves_reports_and_stops_cleanly(world, tmp_path):
         code, body = get(monitor.port, "/healthz")
         assert (code, body.splitlines()[0]) == (200, "ok")
         assert "leader of spector-prod (token 1); 1 instance(s) alive" in body
+        assert monitor.metric("monitor_leader") == 1.0
+        assert monitor.metric("monitor_lease_held") == 1.0  # {unit="spector-prod"}
+        assert monitor.metric("monitor_instances_alive") == 1.0
         emu.store.append([entry(1, "MissingSessionTableError: Prisma session table does not "
                                    "exist.")])
         wait_for("the alert in Slack", lambda: roots(slack))
