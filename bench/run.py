@@ -134,7 +134,7 @@ def findings(sections: list[Section]) -> list[str]:
             "**Memory of a cycle**: the shipped budget (`max_pages_per_cycle: 20`) is what keeps "
             "a cycle's memory flat: a 1,000,000-entry backlog is read 20,000 entries per cycle. "
             "Within one cycle nothing is streamed: `check.fresh_entries` materialises every "
-            "entry read (a list and a dict of `LogEntry`), `classify` sorts them all and the "
+            "entry read (a list and a dict of `LogEntry`), `classify` holds them all and the "
             "commit builds every dedupe key, so without the budget the peak grows with the "
             "backlog (second table). A budget of N pages costs roughly N x 1,000 `LogEntry` "
             "values of memory.")
@@ -192,10 +192,9 @@ def _state_finding(state: Section) -> str:
                                if k.startswith("dead:") and n), reverse=True)
             part += (f", dead row versions {r0['dead']:,} -> {r1['dead']:,} ("
                      + ", ".join(f"{t} {n:,}" for n, t in by_table[:4])
-                     + f"; {r1['vacuums']} vacuum(s): `autovacuum = "
-                     f"{state.data.get('autovacuum')}` on this server, so every UPDATE and "
-                     "DELETE since the start is still on disk: on a server with autovacuum on, "
-                     "as Cloud SQL runs, most of this is reclaimed)")
+                     + f"; {r1['vacuums']} vacuum(s) so far: a plain `VACUUM` once per "
+                     "simulated day, standing in for autovacuum, which is `"
+                     f"{state.data.get('autovacuum')}` on this server and on in Cloud SQL)")
         parts.append(part)
     text += "; ".join(parts) + "."
     text += (" Sent messages go with their incident when retention deletes it (and any sent "
