@@ -232,10 +232,9 @@ def run_cycle(
 
 def deliver(store: Store, notifier: Notifier, unit: str, lease: Lease | None,
             stop: threading.Event | None = None, deadline: float | None = None) -> Delivery:
-    """Drain this unit's outbox; under a lease, only its own messages and fenced by it."""
-    if lease is None:
-        return drain(store, notifier, stop=stop, deadline=deadline)
-    return drain(store, notifier, stop=stop, deadline=deadline, leases={unit: lease})
+    """Drain the outbox; under a lease, only this unit's messages, each step fenced by it."""
+    return drain(store, notifier, stop=stop, deadline=deadline,
+                 leases={unit: lease} if lease is not None else None)
 
 
 def _summary(now: datetime, stats: ReadStats, transitions: int,

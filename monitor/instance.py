@@ -22,8 +22,7 @@ def gone_locally(holder: str) -> bool:
     """True when `holder` names a process of this host that no longer exists. Only a store on
     one host (SQLite) may use this: there a killed `monitor once` need not block the next for a
     whole lease. Anything else (another host, a malformed id, a live pid) is False."""
-    where, _, rest = holder.removeprefix("once-").rpartition("-")[0].rpartition("-")
-    pid = rest
+    where, _, pid = holder.removeprefix("once-").rpartition("-")[0].rpartition("-")
     if where != _where() or not pid.isdigit():
         return False
     try:
