@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from monitor.emulator import Emulator
 from monitor.notify.message import Message
 from monitor.store.postgres import PostgresStore
 from tests.e2e.test_delivery_faults import audit_delivery
-from tests.e2e.test_service import free_port, get
+from tests.e2e.test_service import free_port, get, wait_for
 from tests.slack_server import SlackServer
 
 UNITS = ("shop-a", "shop-b")
@@ -119,16 +118,6 @@ class Fleet:
                 instance.proc.send_signal(signal.SIGCONT)
                 instance.proc.kill()
                 instance.proc.wait(timeout=10)
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def leader(store: PostgresStore, unit: str) -> tuple[str, int] | None:
