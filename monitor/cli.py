@@ -32,7 +32,7 @@ from monitor.config import (
 )
 from monitor.config import parse_duration as _parse_duration
 from monitor.entries import MalformedEntry, parse_time
-from monitor.leadership import instance_id
+from monitor.instance import instance_id
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
 from monitor.output import result_json, result_text

@@ -21,10 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from monitor.instance import instance_id
 from monitor.store.base import Lease, Store
-
-__all__ = ["Change", "Leadership", "Plan", "instance_id", "plan"]
 
 log = logging.getLogger(__name__)
 

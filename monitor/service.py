@@ -40,7 +40,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from monitor import notify, sources
 from monitor.check import Cancelled, run_cycle
 from monitor.config import Config, format_duration, unit_name
-from monitor.leadership import Change, Leadership, instance_id
+from monitor.instance import instance_id
+from monitor.leadership import Change, Leadership
 from monitor.metrics import Metrics
 from monitor.notify.message import Notifier
 from monitor.notify.outbox import drain
