@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from monitor.classify import Classifier
 from monitor.classify.prisma import PrismaParser
+from monitor.classify.requests import AssetRule
 from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
 from monitor.correlate.health import source_health
@@ -70,10 +71,12 @@ class CycleResult:
         )
 
 
-def build_classifier(config: Config, services: Iterable[str]) -> Classifier:
+def build_classifier(config: Config, services: Iterable[str],
+                     project: str | None) -> Classifier:
     matcher = SignalMatcher([Signature(s.name, s.match) for s in config.signals])
     parser = PrismaParser() if config.migrations.tool == "prisma" else None
-    return Classifier(services, matcher, parser)
+    return Classifier(services, matcher, parser, project,
+                      AssetRule(config.evidence.ignore_paths))
 
 
 def _render(config: Config, transition: Transition, project: str | None) -> list[Message]:
@@ -196,7 +199,7 @@ def run_cycle(
     health = source_health(state, unit=unit, ok=True, reason="", now=now,
                            failures_before_alert=config.source.failures_before_alert)
     # 2. classify: entries -> observations
-    observations = build_classifier(config, services).classify(entries)
+    observations = build_classifier(config, services, project).classify(entries)
     # 3. correlate: state + observations -> state', transitions (pure, event time)
     outcome = advance(health.state, observations, now=now,
                       complete_until=complete_until(source, window, stats, now, lateness),

@@ -33,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.classify.requests import DEFAULT_IGNORE_PATHS
+
 DEFAULT_PATH = "config.yaml"
 
 
@@ -180,6 +182,14 @@ class SignalConfig(_Model):
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
 
 
+class EvidenceConfig(_Model):
+    """What may show that failing work succeeds again (see README, "When an incident resolves")."""
+
+    # Requests for these never count: an entry starting with "." is an extension the path ends
+    # with, any other a text the path contains. An error page loads its own assets with 200s.
+    ignore_paths: list[Annotated[str, Field(min_length=1)]] = list(DEFAULT_IGNORE_PATHS)
+
+
 class MigrationsConfig(_Model):
     tool: Literal["prisma", "none"] = "prisma"
 
@@ -271,6 +281,7 @@ class Config(_Model):
     poll: PollConfig = PollConfig()
     signals: Annotated[list[SignalConfig], Field(min_length=1)]
     migrations: MigrationsConfig = MigrationsConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     slack: SlackConfig = SlackConfig()
     state: StateConfig = StateConfig()
 

@@ -28,6 +28,7 @@ class EntryKind(StrEnum):
     REQUEST = "request"  # run.googleapis.com/requests: one per HTTP request served
     AUDIT = "audit"  # cloudaudit.googleapis.com/activity: deploys (Services.ReplaceService)
     SYSTEM = "system"  # cloudaudit.googleapis.com/system_event: revision readiness
+    PLATFORM = "platform"  # run.googleapis.com/varlog/system: Cloud Run about an instance
 
 
 class MalformedEntry(ValueError):
@@ -50,6 +51,7 @@ class LogEntry:
     http_status: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     location: str | None = None  # the Cloud Run region, e.g. us-central1
+    http_url: str | None = None  # a request log's httpRequest.requestUrl (untrusted text)
 
     @property
     def key(self) -> str:
@@ -102,6 +104,8 @@ def _kind(log_name: str) -> EntryKind:
         return EntryKind.AUDIT
     if tail == "cloudaudit.googleapis.com/system_event":
         return EntryKind.SYSTEM
+    if tail == "run.googleapis.com/varlog/system":
+        return EntryKind.PLATFORM
     return EntryKind.APP
 
 
@@ -137,25 +141,35 @@ def origin(log_name: str, resource_labels: Mapping[str, Any]) -> Origin:
     )
 
 
-# The fields of a structured log that hold its human text, in the order they are joined.
-JSON_TEXT_KEYS = ("message", "msg", "error", "err", "stack", "stack_trace", "exception")
+# Where real loggers put an error's text in a structured (JSON) line, in the order they are
+# joined. The class name is often in one field and the message in another: pino's `err` holds
+# `type` (the constructor's name), `message` and `stack`; an Error subclass that does not set
+# `name` has a stack beginning "Error: <message>"; Error Reporting reads `stack_trace` or
+# `exception`; Google's structured logging and most Node loggers write `message`, pino `msg`.
+# `queries.logs_query` searches the same fields, so a Logs Explorer link finds what we matched.
+JSON_TEXT_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("message",), ("msg",),
+    *((outer, *inner) for outer in ("err", "error", "exception")
+      for inner in ((), ("type",), ("name",), ("message",), ("stack",))),
+    ("stack",), ("stack_trace",),
+)
+# The top-level keys those paths start from: all a source needs to pass to `json_message`.
+JSON_TEXT_KEYS = tuple(dict.fromkeys(path[0] for path in JSON_TEXT_FIELDS))
 
 
 def json_message(payload: Mapping[str, Any]) -> str | None:
-    """`message` plus the error fields apps log beside it; None when the payload has none.
+    """The text of `JSON_TEXT_FIELDS`, joined without repeats; None when the payload has none.
 
+    One entry, one text: a signal found in several fields still counts once for the entry.
     Only the `JSON_TEXT_KEYS` of `payload` are read, so a source may pass just those.
     """
     parts: list[str] = []
-    for key in JSON_TEXT_KEYS:
-        value = payload.get(key)
+    for path in JSON_TEXT_FIELDS:
+        value: Any = payload
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
         if isinstance(value, str) and value:
             parts.append(value)
-        elif isinstance(value, Mapping):
-            for inner in ("name", "message", "stack"):
-                v = value.get(inner)
-                if isinstance(v, str) and v:
-                    parts.append(v)
     return "\n".join(dict.fromkeys(parts)) if parts else None
 
 
@@ -194,6 +208,7 @@ def normalise(
     """The one place an entry's parts become a LogEntry, whatever the wire format was."""
     text: str
     http_status: int | None = None
+    http_url: str | None = None
     if text_payload is not None:
         text = text_payload
     elif json_payload is not None:
@@ -206,6 +221,8 @@ def normalise(
         status = http.get("status")
         if isinstance(status, int) or (isinstance(status, str) and status.isdigit()):
             http_status = int(status)
+        url = http.get("requestUrl")
+        http_url = url if isinstance(url, str) and url else None
         if not text:
             text = f"{http.get('requestMethod', '')} {http.get('requestUrl', '')} {status}".strip()
     where = origin(log_name, resource_labels)
@@ -225,6 +242,7 @@ def normalise(
         http_status=http_status,
         raw=raw if raw is not None else {},
         location=where.location,
+        http_url=http_url,
     )
 
 

@@ -15,7 +15,7 @@ from monitor.entries import format_time
 INCIDENT_KEYS = (
     "id", "service", "signal", "kind", "severity", "status", "first_seen", "last_seen", "count",
     "revisions", "introduced_by", "suspect_migrations", "resolved_at", "resolved_by",
-    "regression_of", "migration",
+    "regression_of", "resolution_reason", "migration",
 )
 REVISION_KEYS = ("service", "name", "deployed_at", "first_seen", "last_seen", "migrations",
                  "errors")
@@ -71,6 +71,7 @@ def _incident_text(i: Incident) -> list[str]:
         lines.append(f"           resolved {_t(i.resolved_at)} by {i.resolved_by or 'no deploy'}")
         if i.resolution_note:
             lines.append(f"           evidence: {i.resolution_note}")
+    lines.append(f"           reason: {i.reason}")
     return lines
 
 
@@ -92,11 +93,11 @@ def result_text(result: CycleResult) -> str:
         out.append("  none")
     out += ["", "revisions:"]
     for f in result.revisions_in_window():
-        migrations = ", ".join(f"{m.name or '(none pending)'} {m.outcome}"
-                               + (f" ({m.code})" if m.code else "") for m in f.migrations)
+        migrations = ", ".join(m.label for m in f.migrations)
         errors = ", ".join(f"{k}={v}" for k, v in sorted(f.errors.items()))
         ready = {True: "ready", False: "never ready", None: "readiness unknown"}[f.ready]
-        out.append(f"  {f.service}/{f.name}: deployed {_t(f.deployed_at or f.first_seen)}, "
+        verb, when = f.arrival
+        out.append(f"  {f.service}/{f.name}: {verb} {_t(when)}, "
                    f"{ready}, {f.requests_ok} ok / {f.requests_failed} failed request(s)")
         if migrations:
             out.append(f"      migrations: {migrations}")

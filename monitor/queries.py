@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from monitor.entries import JSON_TEXT_FIELDS
+
 
 def _q(value: str) -> str:
     """A string literal of the Logging query language."""
@@ -20,13 +22,15 @@ def logs_query(service: str, pattern: str | None, revision: str | None = None) -
     """The Cloud Logging filter for a service's lines matching a signal (and one revision).
 
     Uppercase AND/OR only: lowercase `and` is a search term (FACTS.md). The pattern is matched
-    against textPayload and jsonPayload.message, the two places the classifier reads text from.
+    against textPayload and every structured field the classifier reads text from
+    (`entries.JSON_TEXT_FIELDS`), so the link shows the entries the alert counted.
     """
     parts = ['resource.type="cloud_run_revision"', f"resource.labels.service_name={_q(service)}"]
     if revision:
         parts.append(f"resource.labels.revision_name={_q(revision)}")
     if pattern:
-        parts.append(f"(textPayload=~{_q(pattern)} OR jsonPayload.message=~{_q(pattern)})")
+        fields = ["textPayload", *(".".join(("jsonPayload", *path)) for path in JSON_TEXT_FIELDS)]
+        parts.append("(" + " OR ".join(f"{f}=~{_q(pattern)}" for f in fields) + ")")
     return " AND ".join(parts)
 
 
@@ -48,9 +52,18 @@ MAX_FILTER = 20_000  # characters; Cloud Logging rejects longer filters
 REQUEST_LOG = "run.googleapis.com%2Frequests"
 
 
+def project_clause(project: str) -> str:
+    """The entries of `project` only, as `entries.origin` decides it: its resource label, else
+    the project in the log name. A central bucket or an aggregated sink read through `project`
+    also holds other projects' entries, with the same service names."""
+    return (f"(resource.labels.project_id={_q(project)} OR "
+            f"logName:{_q(f'projects/{project}/logs/')})")
+
+
 def read_filter(
     services: Sequence[str],
     *,
+    project: str | None = None,
     start: datetime | None,
     end: datetime | None,
     received_after: datetime | None = None,
@@ -68,6 +81,8 @@ def read_filter(
         raise ValueError("read_filter needs at least one service")
     names = " OR ".join(f"resource.labels.service_name={_q(s)}" for s in services)
     parts = ['resource.type="cloud_run_revision"', f"({names})"]
+    if project is not None:
+        parts.append(project_clause(project))
     if start is not None:
         parts.append(f"timestamp>={_q(_rfc3339_exact(start))}")
     if end is not None:

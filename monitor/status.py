@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from monitor.classify.prisma import run_label
 from monitor.config import Config, unit_name
 from monitor.correlate.model import IncidentStatus, RevisionFacts
 from monitor.entries import MalformedEntry, format_time, parse_time
@@ -245,12 +246,13 @@ def _revisions_text(revisions: list[dict[str, Any]]) -> list[str]:
         if shown[r["service"]] > TEXT_REVISIONS:
             continue
         ready = {True: "ready", False: "NEVER READY", None: "readiness unknown"}[r["ready"]]
-        out.append(f"  {_s(r['service'])}/{_s(r['name'])}: deployed {_t(r['deployed_at'])}, "
+        arrival = (f"deployed {_t(r['deployed_at'])}" if r["deployed_at"]
+                   else f"first seen {_t(r['first_seen'])}")
+        out.append(f"  {_s(r['service'])}/{_s(r['name'])}: {arrival}, "
                    f"{ready}, {r['requests_ok']} ok / {r['requests_failed']} failed request(s)")
         if r["migrations"]:
             out.append("      migrations: " + ", ".join(
-                f"{_s(m['name']) if m['name'] else '(none pending)'} {_s(m['outcome'])}"
-                + (f" ({_s(m['code'])})" if m["code"] else "") for m in r["migrations"]))
+                _s(run_label(m["name"], m["outcome"], m["code"])) for m in r["migrations"]))
         if r["errors"]:
             out.append("      errors: " + ", ".join(
                 f"{_s(k)}={v}" for k, v in sorted(r["errors"].items())))

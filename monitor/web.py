@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
+from monitor.classify.prisma import run_label
 from monitor.config import Config
 from monitor.report.html import h, page
 from monitor.status import human, lease_text, status_report
@@ -68,12 +69,13 @@ def status_html(report: dict[str, Any]) -> str:
     revs = []
     for r in report["revisions"]:
         migs = "<br>".join(
-            f"<code>{h(m['name'] or 'migrate deploy')}</code> {h(m['outcome'])}"
-            + (f" ({h(m['code'])})" if m["code"] else "") + f" {_t(m['at'])}"
+            f"{h(run_label(m['name'], m['outcome'], m['code']))} {_t(m['at'])}"
             for m in r["migrations"]) or "—"
         ready = {True: "ready", False: "NEVER READY", None: "unknown"}[r["ready"]]
+        arrival = _t(r["deployed_at"]) if r["deployed_at"] else f"first seen {_t(r['first_seen'])}"
         revs.append(f"<tr><td>{h(r['service'])}</td><td><code>{h(r['name'])}</code></td>"
-                    f"<td>{_t(r['deployed_at'])}</td><td>{ready} {_t(r['ready_at'])}</td>"
+                    f"<td>{arrival}</td>"
+                    f"<td>{ready} {_t(r['ready_at'])}</td>"
                     f"<td>{r['requests_ok']} / {r['requests_failed']}</td><td>{migs}</td></tr>")
     queued = report["outbox"]["queued"]
     n_open = len(inc["open"])

@@ -16,7 +16,8 @@ from tests.helpers import export_entry, small_incident
 
 INCIDENT_KEYS = {"id", "service", "signal", "kind", "severity", "status", "first_seen",
                  "last_seen", "count", "revisions", "introduced_by", "suspect_migrations",
-                 "resolved_at", "resolved_by", "regression_of", "migration"}
+                 "resolved_at", "resolved_by", "regression_of", "resolution_reason",
+                 "migration"}
 REVISION_KEYS = {"service", "name", "deployed_at", "first_seen", "last_seen", "migrations",
                  "errors"}
 

@@ -43,7 +43,9 @@ def reference(pb: Any) -> LogEntry:
             proto_payload = MessageToDict(pb.proto_payload)
         except (TypeError, KeyError):
             proto_payload = {"@type": pb.proto_payload.type_url}
-    http = {"status": pb.http_request.status} if pb.HasField("http_request") else None
+    http = ({"status": pb.http_request.status, "requestUrl": pb.http_request.request_url,
+             "requestMethod": pb.http_request.request_method}
+            if pb.HasField("http_request") else None)
     if not pb.insert_id or not pb.log_name:
         raise MalformedEntry("entry has no insertId or logName")
     return normalise(
@@ -53,7 +55,9 @@ def reference(pb: Any) -> LogEntry:
         severity=names.get(pb.severity, "DEFAULT"), resource_labels=pb.resource.labels,
         labels=pb.labels, text_payload=text, json_payload=json_payload,
         proto_payload=proto_payload, http=http,
-        raw={"protoPayload": proto_payload} if proto_payload is not None else None)
+        raw=({"protoPayload": proto_payload,
+              **({"operation": MessageToDict(pb.operation)} if pb.HasField("operation") else {})}
+             if proto_payload is not None else None))
 
 
 def pb(**fields: Any) -> Any:

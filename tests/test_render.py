@@ -16,6 +16,7 @@ from monitor.correlate.model import (
     IncidentStatus,
     MigrationFailure,
     MigrationRecord,
+    Reason,
     RevisionFacts,
     Transition,
     TransitionKind,
@@ -143,10 +144,26 @@ def test_updated_replies_with_changes_and_updates_the_root() -> None:
 
 
 def test_quiet_without_traffic_keeps_it_open() -> None:
-    [m] = rendered(transition(TransitionKind.QUIET_NO_TRAFFIC, at=T0 + timedelta(minutes=25)))
+    t = transition(TransitionKind.QUIET_NO_TRAFFIC, at=T0 + timedelta(minutes=25))
+    t.incident.reason = Reason.NO_TRAFFIC
+    [m] = rendered(t)
     assert m.action is Action.REPLY
     assert "Quiet since 2025-12-04 21:07 UTC" in m.text
-    assert "no successful requests seen yet: keeping it open" in m.text
+    assert "no successful request was served since: keeping it open" in m.text
+    assert "`no_traffic`" in m.text
+
+
+@pytest.mark.parametrize(("reason", "words"), [
+    (Reason.ONLY_STATIC_ASSETS, "but only static assets were served: keeping it open"),
+    (Reason.OTHER_ROUTES_ONLY, "but no request succeeded on the routes that failed"),
+    (Reason.OTHER_INSTANCES_ONLY, "but only instances that never failed served"),
+])
+def test_a_hold_says_in_one_line_what_is_missing(reason: Reason, words: str) -> None:
+    t = transition(TransitionKind.QUIET_NO_TRAFFIC, at=T0 + timedelta(minutes=25))
+    t.incident.reason = reason
+    [m] = rendered(t)
+    assert words in m.text and f"`{reason.value}`" in m.text
+    assert "\n" not in m.text  # one line
 
 
 def resolved(resolved_by: str | None) -> Transition:
@@ -167,7 +184,7 @@ def test_resolved_broadcasts_the_evidence() -> None:
     reply, root = rendered(resolved("spector-00044-fix"))
     assert reply.action is Action.REPLY and reply.broadcast
     for expected in ("spector-00044-fix", "20251213003742_fix_session_table_uppercase` applied",
-                     "20251204205052_add_session_table` rolled back",
+                     "20251204205052_add_session_table` marked as rolled back",
                      "Last error at 2025-12-04 21:45 UTC",
                      "No match for 15m with 120 successful requests served.",
                      "57 errors over 42m", "2025-12-04 21:03 UTC → 2025-12-04 21:45 UTC"):

@@ -80,7 +80,7 @@ def test_the_error_incident_write_up(config_path: Path) -> None:
     assert all(c.ok for c in rep.checklist)
     assert rep.checklist[0].text.startswith("no MissingSessionTableError since 2025-12-13 "
                                             "01:07 UTC")
-    assert "21 successful request(s)" in rep.checklist[0].text
+    assert "21 successful app request(s)" in rep.checklist[0].text
     assert len(rep.notifications) == 22
     assert rep.notifications[0].action == "post_root"
 
@@ -147,7 +147,7 @@ def test_summary_and_checklist_for_slack(config_path: Path) -> None:
     assert len(text) <= 3000
     assert text.startswith("*Write-up*\nspector: MissingSessionTableError")
     assert ":white_check_mark: no MissingSessionTableError since 2025-12-13 01:07 UTC" in text
-    assert "21 successful request(s)" in text
+    assert "21 successful app request(s)" in text
     assert "fixed by revision spector-00044-mop" in text
     assert "<!channel>" not in text and "&lt;!channel&gt;" in text
     long = replace(inc, resolution_note="x" * 10000, revisions={f"r{i}" * 50: 1

@@ -246,7 +246,7 @@ def test_log_text_is_cleaned_for_the_terminal(tmp_path, store):
     assert "\x1b" not in text and "\x07" not in text
     assert clean(text) == text
     assert "spector/spector-00099-red0m" not in text  # the whole sequence went, not just ESC
-    assert "spector/spector-00099-red: deployed" in text
+    assert "spector/spector-00099-red: first seen" in text
     assert "introduced by: spector-00099-red" in text
     assert "migrations: 20251230000000_evil applied" in text  # an OSC title sequence, gone
     assert "suspect migrations: 20251230000000_evil" in text

@@ -67,7 +67,7 @@ def state() -> State:
         ready_at=T0, errors={"missing-session-table": 7}, requests_failed=7,
         migrations=[MigrationRecord("20251204205052_map_session_table_to_lowercase", "applied",
                                     None, T0)])
-    s.pending[("spector", "other")] = [(T0, "spector-00042-wex", "sample")]
+    s.pending[("spector", "other")] = [(T0, "spector-00042-wex", "sample", "inst-1")]
     s.request_services = {"spector"}
     return s
 
@@ -247,7 +247,7 @@ def test_text_from_the_logs_round_trips_whatever_it_holds(store):
     s = state()
     s.incidents[incident().id].sample = odd
     s.incidents[incident().id].revisions = {odd: 1}
-    s.pending[("spector", "other")] = [(T0, odd, odd)]
+    s.pending[("spector", "other")] = [(T0, odd, odd, odd)]
     key = "projects/p/logs/x\x00" + odd.replace("\ud800", "")
     error = "slack said: \x00 \ue000"
     store.commit_cycle(s, record([message(1)], seen={key: T0}))
@@ -592,7 +592,7 @@ def unit_state(unit: str, failed: int) -> State:
     i.id = f"{unit}/{i.id}"
     s.incidents[i.id] = i
     s.revisions[("spector", "spector-00042-wex")].requests_failed = failed
-    s.pending = {("spector", "other"): [(T0, "spector-00042-wex", f"sample of {unit}")]}
+    s.pending = {("spector", "other"): [(T0, "spector-00042-wex", f"sample of {unit}", None)]}
     s.request_services = {"spector", f"{unit}-only"}
     return s
 
@@ -689,7 +689,8 @@ def test_sqlite_migration_4_gives_the_rows_of_a_single_unit_to_it(tmp_path):
     loaded = store.load_state(UNIT)
     assert loaded.incidents == {i.id: i}
     assert loaded.revisions == {("spector", "spector-00042-wex"): facts}
-    assert loaded.pending == {("spector", "other"): [(T0, "spector-00042-wex", "sample")]}
+    # a pending match stored before instances were kept reads with none
+    assert loaded.pending == {("spector", "other"): [(T0, "spector-00042-wex", "sample", None)]}
     assert (loaded.request_services, loaded.source_failures) == ({"spector"}, {UNIT: 2})
     assert [q.unit for q in store.queued([UNIT])] == [UNIT]
     store.commit_cycle(loaded, record(forget_before=T0))  # the unit's own keys are pruned

@@ -564,7 +564,7 @@ def test_migration_2_gives_the_rows_of_a_single_unit_to_it(pg_url, monkeypatch):
     loaded = store.load_state("spector-prod")
     assert loaded.incidents == {i.id: i}
     assert loaded.revisions == {("spector", "spector-00042-wex"): facts}
-    assert loaded.pending == {("spector", "other"): [(T0, "spector-00042-wex", "sample")]}
+    assert loaded.pending == {("spector", "other"): [(T0, "spector-00042-wex", "sample", None)]}
     assert (loaded.request_services, loaded.source_failures) == ({"spector"},
                                                                  {"spector-prod": 2})
     store.commit_cycle(loaded, CycleRecord(unit="spector-prod", checkpoint=None, seen={},

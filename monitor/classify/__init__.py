@@ -1,6 +1,8 @@
 """classify: log entries in, observations out.
 
-Rules: pure (no clock, no store, no network); an entry of an unwatched service yields nothing;
+Rules: pure (no clock, no store, no network); an entry of an unwatched service, or of another
+project than the watched one, yields nothing (central log buckets and aggregated sinks hold other
+projects' services under the same name: a staging `spector` is not production's);
 the result is in event-time order whatever order the source read in, so a newest-first export and
 an oldest-first API read give the same observations.
 """
@@ -12,13 +14,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from monitor.classify.deploys import deploy_event
+from monitor.classify.deploys import deploy_event, instance_event
 from monitor.classify.observations import (
     Observation,
     RequestServed,
     RevisionSeen,
 )
 from monitor.classify.prisma import MigrationParser
+from monitor.classify.requests import AssetRule, route_of
 from monitor.classify.signals import SignalMatcher
 from monitor.entries import EntryKind, LogEntry
 
@@ -52,15 +55,20 @@ class Classifier:
         services: Iterable[str],
         matcher: SignalMatcher,
         parser: MigrationParser | None,
+        project: str | None = None,
+        assets: AssetRule | None = None,
     ) -> None:
         self.services = frozenset(services)
+        self.project = project  # None (a file source without one): every project's entries
+        self.assets = assets or AssetRule()
         self.matcher = matcher
         self.parser = parser
 
     def classify(self, entries: Iterable[LogEntry]) -> list[Observation]:
         """All observations of a batch, in event time order."""
-        services = self.services
-        ordered = in_event_order([e for e in entries if e.service in services])
+        services, project = self.services, self.project
+        ordered = in_event_order([e for e in entries if e.service in services
+                                  and (project is None or e.project == project)])
         out: list[Observation] = []
         seen: dict[tuple[str, str], tuple[LogEntry, LogEntry]] = {}
         streams: dict[StreamKey, list[LogEntry]] = defaultdict(list)
@@ -74,9 +82,11 @@ class Classifier:
                 seen[key] = (first_last[0] if first_last else entry, entry)
             if entry.kind is EntryKind.REQUEST:
                 if entry.http_status is not None:
-                    out.append(
-                        RequestServed(entry.timestamp, service, entry.revision, entry.http_status)
-                    )
+                    url = entry.http_url
+                    out.append(RequestServed(
+                        entry.timestamp, service, entry.revision, entry.http_status,
+                        entry.instance_id, route_of(url) if url else None,
+                        self.assets.is_asset(url) if url else False))
                 continue
             if entry.kind is EntryKind.AUDIT or entry.kind is EntryKind.SYSTEM:
                 event = deploy_event(entry)
@@ -84,6 +94,11 @@ class Classifier:
                     out.append(event)
                 continue
             out.extend(self.matcher.hits(entry))
+            if entry.kind is EntryKind.PLATFORM:  # Cloud Run's own lines: never tool output
+                stopped = instance_event(entry)
+                if stopped is not None:
+                    out.append(stopped)
+                continue
             if self.parser is not None:
                 stream = (service, entry.revision, entry.instance_id)
                 text = entry.text

@@ -22,6 +22,7 @@ class ErrorHit:
     signal: str
     insert_id: str
     sample: str  # the matching line, untrusted text
+    instance_id: str | None = None  # the instance that failed: evidence must come from it
 
 
 class MigrationOutcome(StrEnum):
@@ -58,6 +59,7 @@ class MigrationEvent:
 
 class DeployStage(StrEnum):
     DEPLOYED = "deployed"  # a new revision was requested (admin activity audit log)
+    REJECTED = "rejected"  # the deploy call failed (a non-zero status): nothing was deployed
     READY = "ready"  # Cloud Run reported the revision Ready (system event)
     FAILED = "failed"  # Cloud Run reported the revision not Ready: it never served
 
@@ -79,10 +81,30 @@ class RequestServed:
     service: str
     revision: str | None
     status: int
+    instance_id: str | None = None
+    route: str | None = None  # classify.requests.route_of the URL; None without one
+    asset: bool = False  # a static asset: never evidence that the app works
 
     @property
     def ok(self) -> bool:
+        """Served without a server error: the revision ran (its facts count these)."""
         return self.status < 500
+
+    @property
+    def succeeded(self) -> bool:
+        """What shows the work succeeds: a 2xx or 3xx that was not a static asset."""
+        return 200 <= self.status < 400 and not self.asset
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStopped:
+    """Cloud Run shut an instance down: whatever state it was in, it serves no more."""
+
+    at: datetime
+    service: str
+    revision: str | None
+    instance_id: str
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,4 +117,5 @@ class RevisionSeen:
     location: str | None = None
 
 
-Observation = ErrorHit | MigrationEvent | DeployEvent | RequestServed | RevisionSeen
+Observation = (ErrorHit | MigrationEvent | DeployEvent | RequestServed | RevisionSeen
+               | InstanceStopped)

@@ -16,8 +16,9 @@ Rules:
   "Error: Pxxxx" (ERROR), an uncoded "Error: ..." right after Prisma's own start-up lines
   (ERROR, code None), and `migrate resolve`'s "Migration X marked as rolled back|applied.".
 - A failure is never dropped: an error block still open at the next block start or at the end
-  of the stream is reported with whatever it gathered. Migrations applied by a run that then
-  fails are not reported APPLIED: that run did not finish.
+  of the stream is reported with whatever it gathered. The same failure printed twice in one run
+  (between two "Prisma schema loaded from" lines: a wrapper echoing the CLI's output) is one.
+  Migrations applied by a run that then fails are not reported APPLIED: that run did not finish.
 - ANSI colour codes are stripped: the CLI colours "Error: " and the names in the tree.
 - Cheap: unless an error block is waiting for free text, a line without one of a few marker
   substrings is dropped before any regex runs; every app line of every instance comes here.
@@ -26,7 +27,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +50,42 @@ _RUN_LINE = re.compile(
     r"|All migrations have been successfully applied|No pending migrations to apply"
 )
 _MAX_MESSAGE = 500
+
+
+# What the error codes a failed run ends with mean for the person on call (prisma-engines,
+# user-facing-errors: common.rs for P1xxx, migration_engine.rs for P3xxx).
+CODE_MEANINGS = {
+    "P1000": "database authentication failed",
+    "P1001": "database unreachable",
+    "P1002": "database server timed out",
+    "P1003": "database does not exist",
+    "P1008": "database operation timed out",
+    "P1017": "database server closed the connection",
+    "P3005": "database schema is not empty (baseline it first)",
+    "P3009": "blocked by a failed migration",
+    "P3018": "a migration failed to apply",
+}
+_OUTCOME_WORDS = {
+    "applied": "applied", "up_to_date": "no pending migrations", "failed": "failed to apply",
+    "blocked": "blocked", "error": "failed", "rolled_back": "marked as rolled back",
+    "marked_applied": "marked as applied",
+}
+
+
+def run_label(name: str | None, outcome: str, code: str | None,
+              quote: Callable[[str], str] = str) -> str:
+    """One migration record in words: `migrate deploy failed (P1001: database unreachable)`,
+    `migrate deploy: no pending migrations`, `20251213003742_fix applied`. A run without a
+    migration name is never called "none pending" unless it said so. `quote` formats (and
+    escapes) the name and the code, which come from the logs; the rest is the monitor's own."""
+    words = _OUTCOME_WORDS.get(outcome, outcome.replace("_", " "))
+    text = f"{quote(name)} {words}" if name else (
+        f"migrate deploy: {words}" if outcome == "up_to_date" else f"migrate deploy {words}")
+    if code:
+        meaning = CODE_MEANINGS.get(code)
+        text += (f" ({quote(code)}: {meaning})" if meaning and outcome != "failed"
+                 else f" ({quote(code)})")
+    return text
 
 
 class MigrationParser(Protocol):
@@ -91,6 +128,10 @@ class _Stream:
         self.applying: str | None = None
         self.in_tree = False
         self.in_run = False  # only Prisma start-up lines so far: an uncoded Error: is Prisma's
+        # Failures reported since this run's "Prisma schema loaded from": a wrapper that prints
+        # the CLI's output again (its stderr, a caught error's stdout) repeats the same block,
+        # and one run that failed is one failed run.
+        self.run_failures: set[tuple[MigrationOutcome, str | None, str | None]] = set()
 
     def emit(
         self,
@@ -100,6 +141,10 @@ class _Stream:
         code: str | None = None,
         message: str = "",
     ) -> None:
+        if outcome.run_failed:
+            if (outcome, name, code) in self.run_failures:
+                return
+            self.run_failures.add((outcome, name, code))
         self.events.append(
             MigrationEvent(
                 at=at.timestamp,
@@ -150,6 +195,7 @@ class _Stream:
         if text.startswith("Prisma schema loaded from"):
             self.flush()
             self.reset_run()
+            self.run_failures = set()
             self.in_run = True
             return
         if (m := _ERROR.match(text)) and (m[1] or (self.in_run and b is None)):

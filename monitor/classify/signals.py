@@ -57,6 +57,7 @@ class SignalMatcher:
                     signal=sig.name,
                     insert_id=entry.insert_id,
                     sample=_line_of(text, m.start())[:SAMPLE_LIMIT],
+                    instance_id=entry.instance_id,
                 )
             )
         return out

@@ -24,6 +24,7 @@ from monitor.classify.observations import (
     DeployEvent,
     DeployStage,
     ErrorHit,
+    InstanceStopped,
     MigrationEvent,
     MigrationOutcome,
     Observation,
@@ -32,10 +33,15 @@ from monitor.classify.observations import (
 from monitor.config import format_duration
 from monitor.correlate import revisions as rev
 from monitor.correlate.model import (
+    HOLD_WORDS,
+    MAX_INSTANCES,
+    MAX_ROUTES,
+    Evidence,
     Incident,
     IncidentKind,
     IncidentStatus,
     MigrationFailure,
+    Reason,
     RevisionFacts,
     Transition,
     TransitionKind,
@@ -174,6 +180,8 @@ class _Machine:
             self.migration(obs)
         elif isinstance(obs, DeployEvent):
             self.deploy(obs)
+        elif isinstance(obs, InstanceStopped):
+            self.instance_stopped(obs)
 
     def error_hit(self, hit: ErrorHit) -> None:
         rule = self.rules.signals.get(hit.signal)
@@ -182,21 +190,22 @@ class _Machine:
         incident = self.state.open_incident(hit.service, hit.signal)
         if incident is not None:
             move(incident, Event.MATCH)
-            self.count_match(incident, hit.at, hit.revision)
+            self.count_match(incident, hit.at, hit.revision, hit.instance_id)
             return
         key = (hit.service, hit.signal)
         # In time order (a late entry may be older than the pending ones), and only the matches
         # within `window` of the newest: the ones that can still open an incident together.
-        window = sorted([*self.state.pending.get(key, []), (hit.at, hit.revision, hit.sample)],
+        window = sorted([*self.state.pending.get(key, []),
+                         (hit.at, hit.revision, hit.sample, hit.instance_id)],
                         key=lambda p: p[0])
         window = [p for p in window if p[0] > window[-1][0] - rule.window]
         if len(window) < rule.open_after:
             self.state.pending[key] = window
             return
         self.state.pending.pop(key, None)
-        first_at, first_rev, sample = window[0]
+        first_at, first_rev, sample, _ = window[0]
         counts: dict[str, int] = {}
-        for _, r, _ in window:
+        for _, r, _, _ in window:
             if r is not None:
                 counts[r] = counts.get(r, 0) + 1
         introduced_by = self.cause(hit.service, first_rev, first_at)
@@ -204,16 +213,20 @@ class _Machine:
             hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, window[-1][0],
             count=len(window), revisions=counts, sample=sample,
         )
-        for at, revision, _ in window:
+        for at, revision, _, instance in window:
             incident.count_in_bucket(at, revision)
+            self.failing_instance(incident, instance)
+        incident.failed_routes = self.routes_failed_since(hit.service, first_at - rule.window)
         incident.introduced_by = introduced_by
         incident.suspect_migrations = self.suspects(hit.service, introduced_by, first_at)
         self.announce(incident, hit.at, f"{len(window)} match(es) of {hit.signal} within "
                       f"{_fmt(rule.window)} (open_after={rule.open_after})")
 
-    def count_match(self, incident: Incident, at: datetime, revision: str | None) -> None:
+    def count_match(self, incident: Incident, at: datetime, revision: str | None,
+                    instance: str | None = None) -> None:
         incident.count += 1
         incident.count_in_bucket(at, revision)
+        self.failing_instance(incident, instance)
         if revision is not None:
             if revision not in incident.revisions:
                 incident.changes.append(f"now also failing on revision {revision}")
@@ -222,19 +235,62 @@ class _Machine:
             incident.first_seen = at
         if at > incident.last_seen:
             incident.last_seen = at
+            # what showed health before this match shows nothing now
             incident.ok_requests_since_last = 0
             incident.first_ok_since_last = None
+            incident.evidence, incident.evidence_since = {}, {}
+
+    @staticmethod
+    def failing_instance(incident: Incident, instance: str | None) -> None:
+        if instance is not None and instance not in incident.instances \
+                and len(incident.instances) < MAX_INSTANCES:
+            incident.instances[instance] = False
+
+    def routes_failed_since(self, service: str, since: datetime) -> list[str]:
+        """App routes of `service` that failed (5xx) since `since`, newest first."""
+        failed = {route: at for f in self.state.service_revisions(service)
+                  for route, at in f.failed_routes.items() if at >= since}
+        return sorted(failed, key=lambda r: failed[r], reverse=True)[:MAX_ROUTES]
 
     def request(self, req: RequestServed) -> None:
         self.state.request_services.add(req.service)
-        if not req.ok:
-            return
         for incident in self.state.incidents.values():
-            if (incident.service == req.service and incident.status is IncidentStatus.OPEN
-                    and incident.kind is IncidentKind.ERROR and req.at > incident.last_seen):
-                incident.ok_requests_since_last += 1
-                if incident.first_ok_since_last is None:
-                    incident.first_ok_since_last = req.at
+            if (incident.service != req.service or incident.status is not IncidentStatus.OPEN
+                    or incident.kind is not IncidentKind.ERROR):
+                continue
+            if not req.ok:
+                if (req.route is not None and not req.asset
+                        and req.route not in incident.failed_routes
+                        and len(incident.failed_routes) < MAX_ROUTES):
+                    incident.failed_routes.append(req.route)
+            elif req.at > incident.last_seen and 200 <= req.status < 400:
+                self.count_evidence(incident, req)
+
+    @staticmethod
+    def count_evidence(incident: Incident, req: RequestServed) -> None:
+        """File one successful request after the last match under what it can show."""
+        if req.asset:
+            kind = Evidence.ASSET
+        elif incident.failed_routes and req.route not in incident.failed_routes:
+            kind = Evidence.OTHER_ROUTE
+        elif req.revision is not None and req.revision not in incident.revisions:
+            kind = Evidence.NEW_REVISION
+        elif req.instance_id is not None and req.instance_id in incident.instances:
+            kind = Evidence.FAILING_INSTANCE
+        else:
+            kind = Evidence.OTHER_INSTANCE
+        incident.evidence[kind] = incident.evidence.get(kind, 0) + 1
+        incident.evidence_since.setdefault(kind, req.at)
+        if kind is not Evidence.ASSET:
+            incident.ok_requests_since_last += 1
+            if incident.first_ok_since_last is None:
+                incident.first_ok_since_last = req.at
+
+    def instance_stopped(self, ev: InstanceStopped) -> None:
+        for incident in self.state.incidents.values():
+            if (incident.service == ev.service and incident.status is IncidentStatus.OPEN
+                    and ev.instance_id in incident.instances):
+                incident.instances[ev.instance_id] = True
 
     def migration(self, ev: MigrationEvent) -> None:
         where = ev.revision or "an unknown revision"
@@ -262,6 +318,7 @@ class _Machine:
             incident.introduced_by = ev.revision
             incident.suspect_migrations = [ev.name] if ev.name else []
             incident.migration = failure
+            incident.reason = Reason.MIGRATION_FAILING
             self.announce(incident, ev.at, f"migrate deploy failed on {where}")
             return
         if ev.outcome is MigrationOutcome.APPLIED:
@@ -274,7 +331,8 @@ class _Machine:
     def deploy(self, ev: DeployEvent) -> None:
         name = ev.revision or "a new revision"
         text = {
-            DeployStage.DEPLOYED: f"deploy of {name} started",
+            DeployStage.DEPLOYED: f"{name} deployed" if ev.revision else "a deploy was requested",
+            DeployStage.REJECTED: f"deploy rejected: {ev.message}",
             DeployStage.READY: f"{name} is ready",
             DeployStage.FAILED: f"{name} failed to become ready",
         }[ev.stage]
@@ -363,26 +421,36 @@ class _Machine:
         if rule is None:
             return False
         quiet_end = incident.last_seen + rule.resolve_after
-        if now < quiet_end or complete_until < quiet_end:
+        if now < quiet_end:
+            incident.reason = Reason.FAILING
             return False
-        needs_traffic = incident.service in self.state.request_services
-        if needs_traffic and incident.ok_requests_since_last == 0:
-            if not incident.quiet_noted:
-                incident.quiet_noted = True
+        if complete_until < quiet_end:
+            incident.reason = Reason.DATA_INCOMPLETE
+            return False
+        has_request_logs = incident.service in self.state.request_services
+        reason, since = health_evidence(incident, has_request_logs)
+        if reason.holds:
+            incident.reason = reason
+            if incident.noted_reason != reason:
+                incident.noted_reason = reason
                 move(incident, Event.NOTE)
                 self.emit(TransitionKind.QUIET_NO_TRAFFIC, incident, now,
-                          f"no {incident.signal} since {_clock(incident.last_seen)}, but no "
-                          "successful request served since: keeping it open")
+                          f"no {incident.signal} since {_clock(incident.last_seen)}, but "
+                          f"{HOLD_WORDS[reason]}: keeping it open")
             return False
         move(incident, Event.EVIDENCE)
-        first_ok = incident.first_ok_since_last
-        incident.resolved_at = max(quiet_end, first_ok) if first_ok else quiet_end
+        incident.resolved_at = max(quiet_end, since) if since else quiet_end
         fix = self.fix(incident)
         incident.resolved_by = fix.name if fix is not None else None
+        incident.reason = (reason if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS
+                           else Reason.FIXED_BY_DEPLOY if fix is not None
+                           else Reason.NO_DEPLOY_EXPLAINS_IT)
         evidence = f"no {incident.signal} for {_fmt(rule.resolve_after)} since " \
                    f"{_clock(incident.last_seen)}"
-        if needs_traffic:
-            evidence += f", {incident.ok_requests_since_last} successful request(s) served since"
+        if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS:
+            evidence += " (the service writes no request logs: silence is the only evidence)"
+        else:
+            evidence += f", {evidence_words(incident)}"
         evidence += (f"; fixed by revision {fix.name}" if fix is not None
                      else "; no deploy explains the recovery")
         incident.resolution_note = evidence
@@ -407,6 +475,7 @@ class _Machine:
         move(incident, Event.EVIDENCE)
         incident.resolved_at = at
         incident.resolved_by = fix.name
+        incident.reason = Reason.MIGRATION_SUCCEEDED
         applied = [m.name for m in fix.migrations
                    if m.outcome == MigrationOutcome.APPLIED and m.name and m.at == at]
         incident.resolution_note = f"migrate deploy succeeded on {fix.name}" + (
@@ -426,6 +495,52 @@ class _Machine:
             return
         move(incident, Event.NOTE)
         self.emit(TransitionKind.UPDATED, incident, now, "; ".join(changes), changes)
+
+
+def health_evidence(incident: Incident, has_request_logs: bool) -> tuple[Reason, datetime | None]:
+    """Whether the successes since the last match show the failing work works again.
+
+    Successes count on the routes that failed (any app route when no request log failed), and
+    then: on a revision that took the traffic without failing, or from the instances that
+    failed; from other instances of the failing revision only once every failing instance shut
+    down. Returns the hold that keeps it open, or the evidence and when it began.
+    """
+    if not has_request_logs:
+        return Reason.SILENCE_WITHOUT_REQUEST_LOGS, None
+    ev = incident.evidence
+    counted = [Evidence.NEW_REVISION, Evidence.FAILING_INSTANCE]
+    if all(incident.instances.values()):  # every failing instance is gone (or none is known)
+        counted.append(Evidence.OTHER_INSTANCE)
+    found = [incident.evidence_since[k] for k in counted if ev.get(k)]
+    if found:
+        return Reason.FIXED_BY_DEPLOY, min(found)  # the caller tells fix from no deploy
+    for kind, hold in ((Evidence.OTHER_INSTANCE, Reason.OTHER_INSTANCES_ONLY),
+                       (Evidence.OTHER_ROUTE, Reason.OTHER_ROUTES_ONLY),
+                       (Evidence.ASSET, Reason.ONLY_STATIC_ASSETS)):
+        if ev.get(kind):
+            return hold, None
+    return Reason.NO_TRAFFIC, None
+
+
+def evidence_words(incident: Incident) -> str:
+    """`12 successful request(s) on the routes that failed (/app), 9 of them on a new revision`."""
+    ev = incident.evidence
+    n = sum(ev.get(k, 0) for k in (Evidence.NEW_REVISION, Evidence.FAILING_INSTANCE,
+                                   Evidence.OTHER_INSTANCE))
+    where = (f"on the routes that failed ({', '.join(incident.failed_routes[:3])}"
+             f"{', ...' if len(incident.failed_routes) > 3 else ''})"
+             if incident.failed_routes else "on app routes")
+    parts = [f"{n} successful request(s) {where} served since"]
+    if ev.get(Evidence.NEW_REVISION):
+        parts.append(f"{ev[Evidence.NEW_REVISION]} by a revision that did not fail")
+    if ev.get(Evidence.FAILING_INSTANCE):
+        parts.append(f"{ev[Evidence.FAILING_INSTANCE]} by the instances that failed")
+    stopped = sum(incident.instances.values())
+    if stopped and all(incident.instances.values()):
+        parts.append(f"the {stopped} failing instance(s) shut down")
+    if ev.get(Evidence.ASSET):
+        parts.append(f"{ev[Evidence.ASSET]} static asset(s) not counted")
+    return ", ".join(parts)
 
 
 def _clock(t: datetime) -> str:

@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from monitor.classify.prisma import run_label
 from monitor.entries import format_time, parse_time
 
 
@@ -21,20 +22,28 @@ def _t(value: Any) -> datetime | None:
 
 @dataclass(slots=True)
 class MigrationRecord:
+    """One outcome of one `migrate deploy` (or `migrate resolve`) run: every run is its own."""
+
     name: str | None
     outcome: str  # a MigrationOutcome value
     code: str | None
     at: datetime
+    instance_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "outcome": self.outcome, "code": self.code,
-                "at": format_time(self.at)}
+                "at": format_time(self.at), "instance_id": self.instance_id}
+
+    @property
+    def label(self) -> str:
+        return run_label(self.name, self.outcome, self.code)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MigrationRecord:
         at = _t(d["at"])
         assert at is not None
-        return cls(name=d.get("name"), outcome=d["outcome"], code=d.get("code"), at=at)
+        return cls(name=d.get("name"), outcome=d["outcome"], code=d.get("code"), at=at,
+                   instance_id=d.get("instance_id"))
 
 
 @dataclass(slots=True)
@@ -53,6 +62,17 @@ class RevisionFacts:
     requests_ok: int = 0
     requests_failed: int = 0
     location: str | None = None  # the Cloud Run region, for links to the revision
+    # Routes that failed (HTTP 5xx, not assets) -> the latest failure, the most recent few only:
+    # an incident that opens on this revision takes the routes that failed around its start.
+    failed_routes: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def arrival(self) -> tuple[str, datetime | None]:
+        """("deployed", t) when an audit entry says so, else ("first seen", t): a revision known
+        only from its first log line was not necessarily deployed then."""
+        if self.deployed_at is not None:
+            return "deployed", self.deployed_at
+        return "first seen", self.first_seen
 
     @property
     def live_since(self) -> datetime | None:
@@ -74,14 +94,18 @@ class RevisionFacts:
             "requests_ok": self.requests_ok,
             "requests_failed": self.requests_failed,
             "location": self.location,
+            "failed_routes": {r: format_time(t) for r, t in self.failed_routes.items()},
         }
 
     def to_json(self) -> dict[str, Any]:
         """The `revisions[]` object of the JSON contract, plus the readiness facts.
 
-        Without an audit log entry, a revision's deploy time is its first entry.
+        `deployed_at` is null unless an audit entry shows the deploy: a revision known only from
+        its first log line was first seen then, not deployed then (`first_seen` says when).
         """
-        return {**self.to_state(), "deployed_at": format_time(self.deployed_at or self.first_seen)}
+        out = self.to_state()
+        del out["failed_routes"]
+        return out
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> RevisionFacts:
@@ -98,6 +122,8 @@ class RevisionFacts:
             requests_ok=int(d.get("requests_ok", 0)),
             requests_failed=int(d.get("requests_failed", 0)),
             location=d.get("location"),
+            failed_routes={r: t for r, v in d.get("failed_routes", {}).items()
+                           if (t := _t(v)) is not None},
         )
 
 
@@ -113,6 +139,65 @@ class IncidentKind(StrEnum):
     ERROR = "error"  # a configured error signature matched
     MIGRATION = "migration"  # the migration tool failed on the service
     SOURCE = "source"  # the monitor itself cannot read the logs of a project
+
+
+class Reason(StrEnum):
+    """Why an incident is open, kept open or resolved: every decision names one.
+
+    Shown in Slack (in words, `notify.render`), in `once --format json` as `resolution_reason`
+    and in the write-up.
+    """
+
+    # open
+    FAILING = "failing"  # matches keep coming: the quiet period has not run yet
+    DATA_INCOMPLETE = "data_incomplete"  # quiet, but late entries for that period may still come
+    NO_TRAFFIC = "no_traffic"  # quiet, but no successful request since
+    ONLY_STATIC_ASSETS = "only_static_assets"  # quiet, but only assets were served with 2xx/3xx
+    OTHER_ROUTES_ONLY = "other_routes_only"  # successes, but none on the routes that failed
+    OTHER_INSTANCES_ONLY = "other_instances_only"  # successes only from instances that never
+    # failed, on the failing revision, while the failing instances are still up
+    MIGRATION_FAILING = "migration_failing"  # no successful `migrate deploy` since the failure
+    CANNOT_READ = "cannot_read"  # the monitor's own incident: reading logs fails
+    # resolved
+    FIXED_BY_DEPLOY = "fixed_by_deploy"  # evidence of health, and a revision that explains it
+    NO_DEPLOY_EXPLAINS_IT = "no_deploy_explains_it"  # evidence of health, no new revision
+    SILENCE_WITHOUT_REQUEST_LOGS = "silence_without_request_logs"  # the service writes no
+    # request logs (a worker), so quiet is all there can be
+    MIGRATION_SUCCEEDED = "migration_succeeded"  # a later `migrate deploy` run succeeded
+    READING_WORKS_AGAIN = "reading_works_again"  # the monitor reads the logs again
+
+    @property
+    def holds(self) -> bool:
+        """A reason to keep an incident open although its quiet period has run."""
+        return self in _HOLDS
+
+
+_HOLDS = frozenset({Reason.NO_TRAFFIC, Reason.ONLY_STATIC_ASSETS, Reason.OTHER_ROUTES_ONLY,
+                    Reason.OTHER_INSTANCES_ONLY})
+
+
+# What a hold lacks, in the words of the thread's one line ("... but <words>: keeping it open").
+HOLD_WORDS: dict[str, str] = {
+    Reason.NO_TRAFFIC: "no successful request was served since",
+    Reason.ONLY_STATIC_ASSETS: "only static assets were served",
+    Reason.OTHER_ROUTES_ONLY: "no request succeeded on the routes that failed",
+    Reason.OTHER_INSTANCES_ONLY: "only instances that never failed served, and the failing "
+                                 "ones are still up",
+}
+
+
+class Evidence(StrEnum):
+    """What one successful request, after the last match, says about an error incident."""
+
+    ASSET = "asset"  # a static asset (2xx/3xx): says nothing
+    OTHER_ROUTE = "other_route"  # an app route that never failed in this incident
+    NEW_REVISION = "new_revision"  # a route that failed, on a revision without matches
+    FAILING_INSTANCE = "failing_instance"  # a route that failed, on an instance that failed
+    OTHER_INSTANCE = "other_instance"  # a route that failed, on the failing revision, elsewhere
+
+
+MAX_ROUTES = 20  # failed routes kept per incident and per revision
+MAX_INSTANCES = 50  # failing instances tracked per incident
 
 
 @dataclass(slots=True)
@@ -143,15 +228,20 @@ class Incident:
     regression_of: str | None = None
     migration: MigrationFailure | None = None
     sample: str = ""  # one matching line (untrusted text)
-    # Evidence of health in the quiet period: ok requests since the last match.
+    reason: str = Reason.FAILING.value  # the latest decision about it (a Reason value)
+    # Evidence of health in the quiet period: successful app requests since the last match.
     ok_requests_since_last: int = 0
     first_ok_since_last: datetime | None = None
+    evidence: dict[str, int] = field(default_factory=dict)  # Evidence value -> count since last
+    evidence_since: dict[str, datetime] = field(default_factory=dict)  # ... -> the first one
+    failed_routes: list[str] = field(default_factory=list)  # app routes that failed (5xx)
+    instances: dict[str, bool] = field(default_factory=dict)  # failing instance -> shut down
     # Notification bookkeeping, in event time (the pure core decides when to speak).
     seq: int = 0  # transitions emitted so far; (id, seq) keys the outbox
     notified_count: int = 0
     notified_at: datetime | None = None
     changes: list[str] = field(default_factory=list)
-    quiet_noted: bool = False
+    noted_reason: str = ""  # the hold (a Reason) the thread was last told of: told once each
     # Matches per time bucket and revision, for the report's chart: bucket start (epoch seconds,
     # as text for JSON) -> revision -> count. At most MAX_BUCKETS: the buckets widen as it lasts.
     bucket_seconds: int = 60
@@ -190,6 +280,7 @@ class Incident:
             "resolved_at": format_time(self.resolved_at),
             "resolved_by": self.resolved_by,
             "regression_of": self.regression_of,
+            "resolution_reason": self.reason,
             "migration": (
                 {"name": self.migration.name, "outcome": self.migration.outcome,
                  "code": self.migration.code}
@@ -204,6 +295,7 @@ class Incident:
         for key in ("first_seen", "last_seen", "resolved_at", "first_ok_since_last",
                     "notified_at"):
             d[key] = format_time(d[key])
+        d["evidence_since"] = {k: format_time(t) for k, t in self.evidence_since.items()}
         d["kind"] = self.kind.value
         d["status"] = self.status.value
         return d
@@ -232,23 +324,45 @@ class Incident:
             regression_of=d.get("regression_of"),
             migration=MigrationFailure(**mig) if mig else None,
             sample=d.get("sample", ""),
+            reason=d.get("reason") or _old_reason(d),
             ok_requests_since_last=int(d.get("ok_requests_since_last", 0)),
             first_ok_since_last=_t(d.get("first_ok_since_last")),
+            evidence={k: int(v) for k, v in d.get("evidence", {}).items()},
+            evidence_since={k: t for k, v in d.get("evidence_since", {}).items()
+                            if (t := _t(v)) is not None},
+            failed_routes=list(d.get("failed_routes", [])),
+            instances={k: bool(v) for k, v in d.get("instances", {}).items()},
             seq=int(d.get("seq", 0)),
             notified_count=int(d.get("notified_count", 0)),
             notified_at=_t(d.get("notified_at")),
             changes=list(d.get("changes", [])),
-            quiet_noted=bool(d.get("quiet_noted", False)),
+            noted_reason=d.get("noted_reason") or (
+                Reason.NO_TRAFFIC.value if d.get("quiet_noted") else ""),
             bucket_seconds=int(d.get("bucket_seconds", 60)),
             buckets={k: dict(v) for k, v in d.get("buckets", {}).items()},
         )
+
+
+def _old_reason(d: dict[str, Any]) -> str:
+    """The reason of an incident stored before reasons were kept (schema of the first versions)."""
+    if d.get("status") == IncidentStatus.RESOLVED.value:
+        if d.get("kind") == IncidentKind.MIGRATION.value:
+            return Reason.MIGRATION_SUCCEEDED.value
+        if d.get("kind") == IncidentKind.SOURCE.value:
+            return Reason.READING_WORKS_AGAIN.value
+        return (Reason.FIXED_BY_DEPLOY if d.get("resolved_by")
+                else Reason.NO_DEPLOY_EXPLAINS_IT).value
+    return {IncidentKind.MIGRATION.value: Reason.MIGRATION_FAILING,
+            IncidentKind.SOURCE.value: Reason.CANNOT_READ}.get(d.get("kind", ""),
+                                                               Reason.FAILING).value
 
 
 class TransitionKind(StrEnum):
     OPENED = "opened"
     REGRESSED = "regressed"  # opened again after a resolution: a new incident, linked
     UPDATED = "updated"
-    QUIET_NO_TRAFFIC = "quiet_no_traffic"  # silent, but nothing shows the service works yet
+    QUIET_NO_TRAFFIC = "quiet_no_traffic"  # silent, but nothing shows the work succeeds yet
+    # (its reason, a hold of `Reason`, says what is missing)
     RESOLVED = "resolved"
 
 

@@ -13,11 +13,12 @@ from monitor.classify.observations import (
     DeployEvent,
     DeployStage,
     ErrorHit,
+    InstanceStopped,
     MigrationEvent,
     RequestServed,
     RevisionSeen,
 )
-from monitor.correlate.model import MigrationRecord, RevisionFacts
+from monitor.correlate.model import MAX_ROUTES, MigrationRecord, RevisionFacts
 
 RevisionKey = tuple[str, str]
 
@@ -43,7 +44,7 @@ def facts_for(
 
 def fold(
     revisions: dict[RevisionKey, RevisionFacts],
-    obs: ErrorHit | MigrationEvent | DeployEvent | RequestServed | RevisionSeen,
+    obs: ErrorHit | MigrationEvent | DeployEvent | RequestServed | RevisionSeen | InstanceStopped,
 ) -> None:
     """Record what one observation says about its revision (if it names one)."""
     if obs.revision is None:
@@ -56,11 +57,20 @@ def fold(
             facts.requests_ok += 1
         else:
             facts.requests_failed += 1
+            if obs.route is not None and not obs.asset:
+                routes = facts.failed_routes
+                routes[obs.route] = _max(routes.get(obs.route), obs.at)
+                if len(routes) > MAX_ROUTES:
+                    del routes[min(routes, key=routes.__getitem__)]
     elif isinstance(obs, MigrationEvent):
-        record = MigrationRecord(obs.name, obs.outcome.value, obs.code, obs.at)
-        same = (record.name, record.outcome, record.code)
-        if all((m.name, m.outcome, m.code) != same for m in facts.migrations):
+        # Every run is its own record, however alike: a clean run on another instance after a
+        # failed one is what resolves a migration incident. Only the very same event (read
+        # again) is not added twice.
+        record = MigrationRecord(obs.name, obs.outcome.value, obs.code, obs.at, obs.instance_id)
+        if record not in facts.migrations:
             facts.migrations.append(record)
+            if len(facts.migrations) > MAX_RUNS:
+                facts.migrations.remove(_oldest_clean_run(facts.migrations))
     elif isinstance(obs, RevisionSeen):
         facts.location = obs.location or facts.location
     elif isinstance(obs, DeployEvent):
@@ -69,8 +79,18 @@ def fold(
         elif obs.stage is DeployStage.READY:
             facts.ready = True
             facts.ready_at = _min(facts.ready_at, obs.at)
-        elif facts.ready is None:
+        elif obs.stage is DeployStage.FAILED and facts.ready is None:
             facts.ready = False  # a later Ready=True wins: Cloud Run retries a revision
+
+
+MAX_RUNS = 100  # migration records kept per revision: every instance start runs migrate deploy
+
+
+def _oldest_clean_run(records: list[MigrationRecord]) -> MigrationRecord:
+    """The record to drop when a revision has too many: the oldest "no pending migrations" run,
+    else the oldest; a failure or an applied migration outlives routine start-ups."""
+    routine = [m for m in records if m.outcome == "up_to_date"]
+    return min(routine or records, key=lambda m: m.at)
 
 
 def may_be_cause(facts: RevisionFacts) -> bool:

@@ -44,7 +44,8 @@ class Rules:
         )
 
 
-Pending = tuple[datetime, str | None, str]  # (at, revision, sample) of a match below threshold
+# (at, revision, sample, instance) of a match below the threshold
+Pending = tuple[datetime, str | None, str, str | None]
 
 
 @dataclass

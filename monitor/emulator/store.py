@@ -5,6 +5,8 @@ Rules, after the API reference of `entries.list` (google.logging.v2.ListLogEntri
   "timestamp asc" (the default) or "timestamp desc", anything else is INVALID_ARGUMENT.
 - `resourceNames` are required (at most 100); `projects/<id>` (or a log view under it) restricts
   the read to entries whose logName starts with `projects/<id>/`; other parents are refused.
+  With `central=<id>` the store is also that project's central bucket, as an aggregated sink
+  makes it: reading `projects/<id>` returns every project's entries, their logNames unchanged.
 - `pageSize` 0 means 50, as the API's default; negative or above 1,000 is INVALID_ARGUMENT. A
   page also stops before it would exceed `max_page_bytes` of serialized entries, so a page
   always fits in gRPC's default 4 MiB message (the API, too, may return fewer than asked).
@@ -163,8 +165,9 @@ class EntryStore:
     """Log entries in (timestamp, insertId) order, queried as ListLogEntries queries them."""
 
     def __init__(self, entries: Iterable[Mapping[str, Any]] = (), *,
-                 max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> None:
+                 max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES, central: str | None = None) -> None:
         self.max_page_bytes = max_page_bytes
+        self.central = central
         self._lock = threading.Lock()
         self._seq = itertools.count()
         # (entries, their keys, epoch): replaced whole, so a reader's snapshot is consistent
@@ -273,7 +276,8 @@ class EntryStore:
         matches = query.matches
         for i in range(hi - 1, lo - 1, -1) if desc else range(lo, hi):
             item = items[i]
-            if item.project not in projects or not matches(item.json):
+            if (item.project not in projects and self.central not in projects) \
+                    or not matches(item.json):
                 continue
             if len(found) == size or (found and size_bytes + len(item.framed)
                                       > self.max_page_bytes):

@@ -25,11 +25,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from monitor.classify.prisma import run_label
 from monitor.config import parse_mention
 from monitor.correlate.model import (
+    HOLD_WORDS,
     Incident,
     IncidentKind,
     IncidentStatus,
+    Reason,
     RevisionFacts,
     Transition,
     TransitionKind,
@@ -193,6 +196,22 @@ def _time_range(incident: Incident, at: datetime) -> tuple[datetime, datetime]:
     return incident.first_seen - LOGS_MARGIN, end + LOGS_MARGIN
 
 
+# A link longer than this (a long pattern over every text field) could be cut by a section's
+# limit, which would break its markup: it then shows the service's errors in the same period.
+MAX_LINK_URL = 2000
+
+
+def _logs_link(incident: Incident, at: datetime, pattern: str | None,
+               project: str | None) -> str:
+    start, end = _time_range(incident, at)
+    url = logs_url(logs_query(incident.service, _pattern_for(incident, pattern)), start, end,
+                   project)
+    if len(url) > MAX_LINK_URL:
+        url = logs_url(logs_query(incident.service, None) + " AND severity>=ERROR", start, end,
+                       project)
+    return url
+
+
 def _pattern_for(incident: Incident, pattern: str | None) -> str | None:
     mig = incident.migration
     if incident.kind is IncidentKind.MIGRATION and mig is not None:
@@ -262,9 +281,7 @@ def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,
     fix = remediation(incident)
     if fix and not resolved:
         blocks.append(section(f"*Fix:* {fix}"))
-    start, end = _time_range(incident, at)
-    query = logs_query(incident.service, _pattern_for(incident, pattern))
-    notes = [link(logs_url(query, start, end, project), "Logs Explorer")]
+    notes = [link(_logs_link(incident, at, pattern, project), "Logs Explorer")]
     culprit = incident.resolved_by or incident.introduced_by
     url = revision_url(incident.service, culprit, facts, project) if culprit else None
     if url is not None and culprit is not None:
@@ -277,8 +294,7 @@ def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,
 
 
 def _migration_line(facts: RevisionFacts) -> str:
-    items = [f"{code(m.name or 'migrate deploy')} {safe_text(m.outcome.replace('_', ' '), 50)}"
-             for m in facts.migrations]
+    items = [run_label(m.name, m.outcome, m.code, quote=code) for m in facts.migrations]
     return _listing(items) if items else "no migrations"
 
 
@@ -300,9 +316,15 @@ def resolution_text(t: Transition, pattern: str | None = None) -> str:
     lines.append(f"Last error at {fmt_time(inc.last_seen)}.")
     if inc.resolution_note:
         lines.append(safe_text(inc.resolution_note, 1000))
+    lines.append(_reason(inc))
     lines.append(f"Total: {_count(inc)} over {fmt_duration(inc.last_seen - inc.first_seen)} "
                  f"({fmt_time(inc.first_seen)} → {fmt_time(inc.last_seen)}).")
     return "\n".join(lines)
+
+
+def _reason(inc: Incident) -> str:
+    """The decision's name, as `once --format json` gives it in `resolution_reason`."""
+    return f"_reason: {code(inc.reason)}_"
 
 
 def _reply_text(t: Transition, pattern: str | None) -> str:
@@ -315,8 +337,9 @@ def _reply_text(t: Transition, pattern: str | None) -> str:
         return "\n".join([head, *changes])
     if t.kind is TransitionKind.QUIET_NO_TRAFFIC:
         quiet = fmt_duration(t.at - inc.last_seen)
-        return (f":hourglass: Quiet since {fmt_time(inc.last_seen)} ({quiet}), but no successful "
-                "requests seen yet: keeping it open.")
+        words = HOLD_WORDS.get(inc.reason, HOLD_WORDS[Reason.NO_TRAFFIC])
+        return (f":hourglass: Quiet since {fmt_time(inc.last_seen)} ({quiet}), but {words}: "
+                f"keeping it open. {_reason(inc)}")
     return resolution_text(t, pattern)
 
 

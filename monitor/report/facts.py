@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from monitor.classify.requests import AssetRule
 from monitor.config import Config, unit_name
 from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
@@ -92,6 +93,7 @@ class IncidentReport:
     requests_failed: int | None  # 5xx on the revisions hit, None without request logs
     checked_until: datetime | None  # how far the monitor had read the service's logs
     next_incident: Incident | None  # a regression of this one, if any
+    asset_pattern: str | None = None  # evidence.ignore_paths over a requestUrl (RE2)
     timeline: list[Event] = field(default_factory=list)
     notifications: list[SentNotification] = field(default_factory=list)
     verifications: list[Verification] = field(default_factory=list)
@@ -181,6 +183,7 @@ def build(config: Config, store: Store, incident_id: str | None = None,
             next_incident=next((i for i in state.incidents.values()
                                 if i.regression_of == inc.id), None),
             notifications=sent_notifications(store, inc.id),
+            asset_pattern=AssetRule(config.evidence.ignore_paths).pattern(),
         )
         rep.summary = summary_sentence(rep)
         rep.timeline = timeline(rep, list(facts.values()))
@@ -240,17 +243,15 @@ def timeline(rep: IncidentReport, service_facts: list[RevisionFacts]) -> list[Ev
         if f.name not in involved and not (deployed and start <= deployed <= end):
             continue
         if deployed is not None:
-            events.append(Event(deployed, "deploy", f"revision {f.name} deployed", f.name))
+            verb, _ = f.arrival
+            events.append(Event(deployed, "deploy", f"revision {f.name} {verb}", f.name))
         if f.ready_at is not None:
             events.append(Event(f.ready_at, "ready", f"revision {f.name} ready", f.name))
         elif f.ready is False:
             events.append(Event(deployed or start, "ready",
                                 f"revision {f.name} never became ready", f.name))
         for m in f.migrations:
-            name = m.name or "migrate deploy: no pending migrations"
-            code = f" ({m.code})" if m.code else ""
-            events.append(Event(m.at, "migration",
-                                f"{name} {m.outcome.replace('_', ' ')}{code} on {f.name}", f.name))
+            events.append(Event(m.at, "migration", f"{m.label} on {f.name}", f.name))
     first_rev = inc.introduced_by
     events.append(Event(inc.first_seen, "first_error",
                         f"first {'failure' if inc.kind is IncidentKind.MIGRATION else 'error'}"

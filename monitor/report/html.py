@@ -56,9 +56,7 @@ def page(title: str, body: str) -> str:
 def _migrations(migrations: Sequence[MigrationRecord]) -> str:
     items = []
     for m in migrations:
-        name = f"<code>{h(m.name)}</code>" if m.name else "migrate deploy (none pending)"
-        code = f" ({h(m.code)})" if m.code else ""
-        items.append(f"<li>{name} {h(m.outcome.replace('_', ' '))}{code}, {h(when(m.at))}</li>")
+        items.append(f"<li>{h(m.label)}, {h(when(m.at))}</li>")
     return f"<ul>{''.join(items)}</ul>" if items else "<p>No migrations.</p>"
 
 
@@ -85,8 +83,9 @@ def incident_html(rep: IncidentReport, config: Config) -> str:
     parts.append("<h3>Root cause</h3>")
     if rep.introduced is not None:
         f = rep.introduced
-        parts.append(f"<p>Introduced by revision <code>{h(f.name)}</code>, deployed "
-                     f"{h(when(f.deployed_at or f.first_seen))}.</p>" + _migrations(f.migrations))
+        verb, at = f.arrival
+        parts.append(f"<p>Introduced by revision <code>{h(f.name)}</code>, {verb} "
+                     f"{h(when(at))}.</p>" + _migrations(f.migrations))
     else:
         parts.append("<p>No revision is named as the cause.</p>")
     sample = inc.sample or (inc.migration.message if inc.migration else "")
@@ -96,8 +95,9 @@ def incident_html(rep: IncidentReport, config: Config) -> str:
     if rep.fixed is not None:
         f = rep.fixed
         ready = f", ready {h(when(f.ready_at))}" if f.ready_at else ""
-        parts.append(f"<p>Fixed by revision <code>{h(f.name)}</code>, deployed "
-                     f"{h(when(f.deployed_at or f.first_seen))}{ready}.</p>"
+        verb, at = f.arrival
+        parts.append(f"<p>Fixed by revision <code>{h(f.name)}</code>, {verb} "
+                     f"{h(when(at))}{ready}.</p>"
                      + _migrations(f.migrations))
     else:
         parts.append("<p>No fixing revision.</p>")

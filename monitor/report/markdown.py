@@ -85,8 +85,8 @@ def incident_markdown(rep: IncidentReport) -> str:
     out += [f"| Revisions hit | {hits or 'none recorded'} |", "", "### Root cause", ""]
     if rep.introduced is not None:
         f = rep.introduced
-        deployed = when(f.deployed_at or f.first_seen)
-        out.append(f"Introduced by revision {code(f.name)}, deployed {deployed}"
+        verb, at = f.arrival
+        out.append(f"Introduced by revision {code(f.name)}, {verb} {when(at)}"
                    + (f", ready {when(f.ready_at)}" if f.ready_at else "") + ".")
         out += _migration_list(f.migrations)
     else:
@@ -100,8 +100,8 @@ def incident_markdown(rep: IncidentReport) -> str:
     out += ["", "### Fix", ""]
     if rep.fixed is not None:
         f = rep.fixed
-        deployed = when(f.deployed_at or f.first_seen)
-        out.append(f"Fixed by revision {code(f.name)}, deployed {deployed}"
+        verb, at = f.arrival
+        out.append(f"Fixed by revision {code(f.name)}, {verb} {when(at)}"
                    + (f", ready {when(f.ready_at)}" if f.ready_at else
                       (", never became ready" if f.ready is False else "")) + ".")
         out += _migration_list(f.migrations)
@@ -143,9 +143,7 @@ def _indent(text: str) -> str:
 def _migration_list(migrations: Sequence[MigrationRecord]) -> list[str]:
     out = []
     for m in migrations:
-        name = code(m.name) if m.name else "`migrate deploy` (no pending migrations)"
-        extra = f" ({md(m.code)})" if m.code else ""
-        out.append(f"- {name} {md(m.outcome.replace('_', ' '))}{extra}, {when(m.at)}")
+        out.append(f"- {md(m.label)}, {when(m.at)}")
     return out
 
 

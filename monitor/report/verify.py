@@ -78,8 +78,7 @@ def _migrations(id: str, role: str, facts: RevisionFacts, project: str | None,
         return None
     start = facts.deployed_at or facts.first_seen or min(m.at for m in facts.migrations)
     end = max(m.at for m in facts.migrations) + TICK
-    runs = ", ".join(f"{m.name or 'migrate deploy'} {m.outcome.replace('_', ' ')}"
-                     for m in facts.migrations)
+    runs = ", ".join(m.label for m in facts.migrations)
     return _make(id, f"the {role} revision {facts.name} ran: {runs}",
                  logs_query(service, _names_pattern(names), facts.name), project, start, end,
                  texts=tuple(names))
@@ -126,9 +125,13 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
                              inc.last_seen + TICK, quiet_end + TICK
                              if rep.next_incident is None else quiet_end, count=0))
         if inc.kind is IncidentKind.ERROR and has_requests and inc.resolved_at is not None:
+            # what the monitor counts: 2xx and 3xx that are not static assets
             q = (f'resource.type="cloud_run_revision" AND resource.labels.service_name='
-                 f"{_q(service)} AND {REQUESTS} AND httpRequest.status<500")
-            out.append(_make("requests_ok", f"{inc.ok_requests_since_last:,} successful "
+                 f"{_q(service)} AND {REQUESTS} AND httpRequest.status>=200 AND "
+                 "httpRequest.status<400")
+            if rep.asset_pattern is not None:
+                q += f" AND NOT httpRequest.requestUrl=~{_q(rep.asset_pattern)}"
+            out.append(_make("requests_ok", f"{inc.ok_requests_since_last:,} successful app "
                              f"request(s) served between the last error and the resolution",
                              q, project, inc.last_seen + TICK, inc.resolved_at + TICK,
                              count=inc.ok_requests_since_last))
@@ -144,24 +147,32 @@ def checklist(rep: IncidentReport) -> list[Check]:
         return tuple(i for i in ids if i in have)
 
     out: list[Check] = []
+    quiet = next((v for v in rep.verifications if v.id == "quiet"), None)
     if inc.status is IncidentStatus.OPEN:
         out.append(Check(False, f"still open: last {rep.pattern or inc.signal} at "
-                         f"{when(inc.last_seen)}", ev("errors")))
+                         f"{when(inc.last_seen)} ({inc.reason.replace('_', ' ')})", ev("errors")))
+    elif inc.kind is IncidentKind.MIGRATION:
+        # Resolved by a run that succeeded, not by a quiet period: the checks are that run, and
+        # no failed run after it where the logs were read that far.
+        out.append(Check(True, f"migrate deploy succeeded on {inc.resolved_by} at "
+                         f"{when(inc.resolved_at)}", ev("fix_migrations")))
+        if quiet is not None and quiet.end is not None:
+            out.append(Check(True, f"no failed migrate deploy after it (read up to "
+                             f"{when(quiet.end)})", ev("quiet")))
     else:
-        quiet = next((v for v in rep.verifications if v.id == "quiet"), None)
         line = f"no {rep.pattern or inc.signal} since {when(inc.last_seen)}"
         if quiet is not None and quiet.end is not None:
             line += f" (read up to {when(quiet.end)})"
         if "requests_ok" in have:
-            line += (f", {inc.ok_requests_since_last:,} successful request(s) in the "
+            line += (f", {inc.ok_requests_since_last:,} successful app request(s) in the "
                      "quiet period before the resolution")
         out.append(Check(quiet is not None, line, ev("quiet", "requests_ok")))
+        out.append(Check(True, f"resolved because: {inc.reason.replace('_', ' ')}"))
     if rep.next_incident is not None:
         out.append(Check(False, f"it came back: incident {rep.next_incident.id} opened "
                          f"{when(rep.next_incident.first_seen)}"))
     if rep.fixed is not None:
-        runs = ", ".join(f"{m.name or 'migrate deploy'} {m.outcome.replace('_', ' ')}"
-                         for m in rep.fixed.migrations) or "no migrations"
+        runs = ", ".join(m.label for m in rep.fixed.migrations) or "no migrations"
         ready = f"ready {when(rep.fixed.ready_at)}" if rep.fixed.ready_at else "readiness unknown"
         out.append(Check(rep.fixed.ready is not False,
                          f"fixed by revision {rep.fixed.name} ({ready}), which ran: {runs}",
@@ -169,8 +180,7 @@ def checklist(rep: IncidentReport) -> list[Check]:
     elif inc.status is IncidentStatus.RESOLVED:
         out.append(Check(False, "no deploy explains the recovery: find out what changed"))
     if rep.introduced is not None:
-        runs = ", ".join(f"{m.name or 'migrate deploy'} {m.outcome.replace('_', ' ')}"
-                         for m in rep.introduced.migrations) or "no migrations"
+        runs = ", ".join(m.label for m in rep.introduced.migrations) or "no migrations"
         out.append(Check(True, f"cause: revision {rep.introduced.name}, which ran: {runs}",
                          ev("cause_migrations")))
     unit = "failed run(s)" if inc.kind is IncidentKind.MIGRATION else "error(s)"

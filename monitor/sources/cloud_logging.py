@@ -262,19 +262,24 @@ def _from_pb(pb: Any) -> LogEntry:
             proto = {"@type": pb.proto_payload.type_url}
         text = audit_text(proto)
         raw = {"protoPayload": proto}
+        if pb.HasField("operation"):  # a long-running call's first or last entry
+            raw["operation"] = MessageToDict(pb.operation)
     else:
         text = ""
     http_status: int | None = None
+    http_url: str | None = None
     if pb.HasField("http_request"):
         http_status = pb.http_request.status
-        text = text or str(http_status)
+        http_url = pb.http_request.request_url or None
+        # as `entries.normalise` words it
+        text = text or f"{pb.http_request.request_method} {http_url or ''} {http_status}".strip()
     where = _origin(log_name, pb.resource.SerializeToString())
     return LogEntry(
         insert_id, log_name, _pb_time(pb.timestamp),
         _pb_time(pb.receive_timestamp) if pb.HasField("receive_timestamp") else None,
         _severity.get(pb.severity, "DEFAULT"), where.kind, where.project, where.service,
         where.revision, pb.labels.get("instanceId") or None, text, http_status, raw,
-        where.location,
+        where.location, http_url,
     )
 
 
@@ -367,7 +372,7 @@ class CloudLoggingSource:
 
     def filter_for(self, window: Window) -> str:
         return read_filter(
-            self.services, start=window.start, end=window.end,
+            self.services, project=self.project, start=window.start, end=window.end,
             received_after=window.received_after, received_before=window.received_before,
             request_sample=self.request_sample,
         )

@@ -191,7 +191,8 @@ def correlate_doc(state: State) -> dict[str, Any]:
         "source_failures": [[unit, n] for unit, n in state.source_failures.items()],
         "pending": [
             [service, signal,
-             [[format_time(at), revision, sample] for at, revision, sample in items]]
+             [[format_time(at), revision, sample, instance]
+              for at, revision, sample, instance in items]]
             for (service, signal), items in state.pending.items()
         ],
     }
@@ -208,4 +209,5 @@ def merge_correlate(state: State, doc: dict[str, Any]) -> None:
         pending = [[*key.split("\x1f", 1), items] for key, items in pending.items()]
     for service, signal, items in pending:
         state.pending[(service, signal)] = [
-            (parse_time(at), revision, sample) for at, revision, sample in items]
+            (parse_time(item[0]), item[1], item[2], item[3] if len(item) > 3 else None)
+            for item in items]

@@ -303,3 +303,47 @@ def test_the_filters_the_monitor_builds_parse_in_the_emulator(emulator):
                                                               received_after=T0,
                                                               received_before=T0)):
         compile_filter(src.filter_for(window))  # raises QueryError if it is not valid
+
+
+def in_project(entry: dict, project: str) -> dict:
+    """The same entry written by another project (its logName and resource label say which)."""
+    entry = json.loads(json.dumps(entry))
+    entry["logName"] = entry["logName"].replace("projects/spector-prod/", f"projects/{project}/")
+    entry["resource"]["labels"]["project_id"] = project
+    entry["insertId"] += f"-{project}"
+    return entry
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_a_central_bucket_holds_other_projects_services_and_only_ours_count(store, transport):
+    """An aggregated sink routes staging's `spector` into production's bucket: reading
+    projects/spector-prod returns both, and only production's entries are production's."""
+    from monitor.emulator import EntryStore
+
+    staging = [in_project(error_entry(i, 60 + i), "spector-staging") for i in range(5)]
+    with Emulator(EntryStore(central=PROJECT), rest=True) as emu:
+        emu.store.append([*staging, error_entry(99, 200)], received_at=T0)
+        src = source(emu, transport)
+        # the emulator does hand the staging entries to a read without the project clause
+        assert len(emu.store.query([f"projects/{PROJECT}"])[0]) == 6
+        cycle(config(), store, src, T0 + timedelta(minutes=5))
+        assert f'resource.labels.project_id="{PROJECT}"' in emu.request_log[-1].filter
+    state = store.load_state()
+    assert [(i.count, i.first_seen) for i in state.incidents.values()] == [
+        (1, T0 + timedelta(seconds=200))]
+
+
+def test_the_classifier_drops_other_projects_entries_that_reach_it(tmp_path):
+    """The file source has no server-side filter: a central bucket's export holds both."""
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([in_project(error_entry(i, 60 + i), "spector-staging")
+                                for i in range(5)]))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"project: {PROJECT}\nservices: [spector]\n"
+                   f"source: {{type: file, path: {path}}}\n"
+                   "signals: [{name: missing-session-table, match: MissingSessionTableError}]\n"
+                   f"state: {{url: 'sqlite:///{tmp_path}/state.db'}}\n")
+    result = CliRunner().invoke(main, ["once", "--config", str(cfg), "--format", "json",
+                                       "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["incidents"] == []
