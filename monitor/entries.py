@@ -160,17 +160,32 @@ JSON_TEXT_KEYS = tuple(dict.fromkeys(path[0] for path in JSON_TEXT_FIELDS))
 def json_message(payload: Mapping[str, Any]) -> str | None:
     """The text of `JSON_TEXT_FIELDS`, joined without repeats; None when the payload has none.
 
-    One entry, one text: a signal found in several fields still counts once for the entry.
+    One entry, one text: a signal found in several fields still counts once for the entry. An
+    error object's class and message make one line, `MissingSessionTableError: Prisma session
+    table does not exist`, as `console.error` prints them, so the quoted sample says both (pino
+    puts the class in `err.type` and the message apart). A `message` that is itself an object
+    (Google's logging-winston and logging-bunyan with `useMessageField`) is read the same way.
     Only the `JSON_TEXT_KEYS` of `payload` are read, so a source may pass just those.
     """
     parts: list[str] = []
+    _collect(payload, parts)
+    nested = payload.get("message")
+    if isinstance(nested, Mapping):
+        _collect(nested, parts)
+    return "\n".join(dict.fromkeys(parts)) if parts else None
+
+
+def _collect(payload: Mapping[str, Any], parts: list[str]) -> None:
     for path in JSON_TEXT_FIELDS:
         value: Any = payload
         for key in path:
             value = value.get(key) if isinstance(value, Mapping) else None
-        if isinstance(value, str) and value:
+        if isinstance(value, Mapping) and len(path) == 1:  # an error object
+            kind, message = (value.get("type") or value.get("name")), value.get("message")
+            if isinstance(kind, str) and kind and isinstance(message, str) and message:
+                parts.append(f"{kind}: {message}")
+        elif isinstance(value, str) and value:
             parts.append(value)
-    return "\n".join(dict.fromkeys(parts)) if parts else None
 
 
 def json_text(payload: Mapping[str, Any]) -> str:

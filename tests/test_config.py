@@ -70,6 +70,8 @@ def test_duration_round_trip():
         ({"source": {"type": "cloud_logging"}}, "project: required"),
         ({"services": []}, "services: at least one service"),
         ({"signals": []}, "signals: List should have at least 1 item"),
+        ({"evidence": {"ignore_paths": [""]}}, "evidence.ignore_paths[0]: String should have at"),
+        ({"evidence": {"ignore_path": []}}, "evidence.ignore_path: unknown key"),
     ],
 )
 def test_errors_name_the_key_and_the_problem(changes, message):
@@ -169,3 +171,24 @@ def test_each_target_is_a_unit_named_after_its_project():
     assert config.unit_names == ["spector-prod", "spector-staging"]
     assert config.watched_services == ["spector", "spector", "worker"]
     assert parse_config(with_(), env={}).unit_names == ["default"]
+
+
+def test_evidence_ignores_static_assets_by_default_and_can_be_set():
+    from monitor.classify.requests import DEFAULT_IGNORE_PATHS
+
+    assert parse_config(MINIMAL, env={}).evidence.ignore_paths == list(DEFAULT_IGNORE_PATHS)
+    custom = parse_config(with_(evidence={"ignore_paths": ["/cdn/", ".webp"]}), env={})
+    assert custom.evidence.ignore_paths == ["/cdn/", ".webp"]
+    assert parse_config(with_(evidence={"ignore_paths": []}), env={}).evidence.ignore_paths == []
+
+
+def test_the_shipped_signal_catches_the_class_name_and_the_message_text():
+    config = load_config(ROOT / "config.yaml", env={"GOOGLE_CLOUD_PROJECT": "spector-prod"})
+    (signal,) = config.signals
+    for text in ("MissingSessionTableError: Prisma session table does not exist.",
+                 "Error: Prisma session table does not exist. This could happen for a few "
+                 "reasons, see https://github.com/Shopify/shopify-app-js/tree/main/packages/apps/"
+                 "session-storage/shopify-app-session-storage-prisma#troubleshooting",
+                 "MissingSessionTableError"):
+        assert signal.match.search(text), text
+    assert not signal.match.search("Error: Prisma Client could not connect")

@@ -33,6 +33,7 @@ def test_opens_after_n_consecutive_failures_only():
     assert (incident.kind, incident.signal, incident.count) == (
         IncidentKind.SOURCE, SOURCE_SIGNAL, 4)
     assert incident.status is IncidentStatus.OPEN
+    assert incident.reason == "cannot_read"
 
 
 def test_resolves_when_reading_works_and_reopens_as_a_regression():
@@ -40,6 +41,7 @@ def test_resolves_when_reading_works_and_reopens_as_a_regression():
     assert kinds[-1] == ["resolved"]
     (incident,) = state.incidents.values()
     assert incident.resolution_note == "reading logs works again after 3 failed check(s)"
+    assert incident.reason == "reading_works_again"
     state, kinds = cycles([False, False, False], state)
     assert kinds[-1] == ["regressed"]
     new = [i for i in state.incidents.values() if i.status is IncidentStatus.OPEN]

@@ -7,7 +7,9 @@ Rules: pure. The shapes are those of tests/data/real/cloudrun (each file names i
   missing, an invalid setting) and never a deploy, whatever revision its request names.
 - The new revision's name: the resource label, else the name the caller gave it
   (`spec.template.metadata.name` in v1, `template.revision` in v2, response or request), else, on
-  the LAST entry of a v2 long-running call, the basename of `response.latestCreatedRevision`. A v1
+  the LAST entry of a v2 long-running call, the basename of `response.latestCreatedRevision`.
+  A long-running call is read from its last entry only: the first is written before the call
+  can fail, so it would be a deploy that may never happen, and one deploy twice. A v1
   response's `status.latestCreatedRevisionName` is written before the new revision exists and
   names the previous one: it is never read. A deploy whose entry names no revision is still a
   deploy ("a new revision"); its name comes from the revision's Ready event.
@@ -69,8 +71,11 @@ def deploy_event(entry: LogEntry) -> DeployEvent | None:
         reason = status_message if isinstance(status_message, str) else f"status code {code}"
         return DeployEvent(entry.timestamp, entry.service, None, DeployStage.REJECTED,
                            f"{reason} (code {code}{by and ', ' + by.strip()})")
+    operation = entry.raw.get("operation")
+    if isinstance(operation, Mapping) and operation.get("last") is not True:
+        return None  # a long-running call's first entry: its last one says how it ended
     revision = entry.revision or _named_revision(payload)
-    if revision is None and _get(entry.raw, "operation", "last") is True:
+    if revision is None and isinstance(operation, Mapping):
         created = _get(payload, "response", "latestCreatedRevision")  # v2, the call is done
         if isinstance(created, str) and created:
             revision = created.rsplit("/", 1)[-1]

@@ -45,8 +45,11 @@ _FAILED = re.compile(r"The `([^`]+)` migration started at (.+?) failed\b")
 _NAME = re.compile(r"Migration name:\s*`?([^`\s]+)`?")
 _DB_CODE = re.compile(r"Database error code:\s*(\S+)")
 _DB_ERROR = re.compile(r"Database error:\s*(.*)")
+# "The following migration(s) have been applied:" since 5.9; before it "migration" for one and
+# "migrations" for several (tests/data/real/prisma/README.md).
+_TREE_HEADER = re.compile(r"The following migration(?:\(s\)|s)? have been applied")
 _RUN_LINE = re.compile(
-    r"Applying migration `|The following migration\(s\) have been applied"
+    r"Applying migration `|The following migration(?:\(s\)|s)? have been applied"
     r"|All migrations have been successfully applied|No pending migrations to apply"
 )
 _MAX_MESSAGE = 500
@@ -227,7 +230,7 @@ class _Stream:
         if m := _APPLYING.match(text):
             self.applied[m[1]] = None
             self.applying = m[1]
-        elif text.startswith("The following migration(s) have been applied"):
+        elif _TREE_HEADER.match(text):
             self.in_tree = True
         elif self.in_tree and (m := _TREE.match(text)):
             self.applied[m[1]] = None

@@ -40,7 +40,12 @@ def path_of(url: str) -> str:
 def route_of(url: str) -> str:
     """`/orders/123/items?page=2` -> `/orders/:id/items`."""
     parts = path_of(url).split("/")
-    return "/".join(":id" if _ID.fullmatch(p) else p for p in parts)[:MAX_ROUTE]
+    return "/".join(":id" if _is_id(p) else p for p in parts)[:MAX_ROUTE]
+
+
+def _is_id(segment: str) -> bool:
+    """A number, a uuid, or a long hex string with a digit (`cafebabe` may be a word)."""
+    return _ID.fullmatch(segment) is not None and any(c.isdigit() for c in segment)
 
 
 class AssetRule:
@@ -61,10 +66,15 @@ class AssetRule:
         The scheme and host are consumed first and `[^?#]*` stops at the query string, so every
         test looks at the path alone, as `is_asset` does.
         """
-        path = "^(?:[a-z][a-z0-9+.-]*://[^/?#]*)?/[^?#]*"
+        host = "^(?:[a-z][a-z0-9+.-]*://[^/?#]*)?"
+        path = host + "/[^?#]*"  # at least the path's first "/": a needle never meets the host
         alternatives = []
-        if self._parts:
-            alternatives.append(path + "(?:" + "|".join(map(_re2_escape, self._parts)) + ")")
+        rooted = [p for p in self._parts if p.startswith("/")]  # may begin at that first "/"
+        if rooted:
+            alternatives.append(host + "(?:/[^?#]*)?(?:" + "|".join(map(_re2_escape, rooted))
+                                + ")")
+        if inner := [p for p in self._parts if not p.startswith("/")]:
+            alternatives.append(path + "(?:" + "|".join(map(_re2_escape, inner)) + ")")
         if self._suffixes:
             alternatives.append(path + "(?:" + "|".join(map(_re2_escape, self._suffixes))
                                 + ")(?:[?#]|$)")

@@ -2,6 +2,9 @@
 
 Rules: pure; one entry counts at most once per signal, on the entry that carries the signature
 (a Node stack trace is one entry per line, and only its first line names the error).
+A line of source code is never a match: Node's crash print for an uncaught error quotes the line
+that threw (`    throw new MissingSessionTableError(...)`, then a `^` under it) above the error
+itself, so one crash would otherwise count twice (tests/data/real/node/crash_unhandled_rejection).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from monitor.classify.observations import ErrorHit
 from monitor.entries import EntryKind, LogEntry
 
 SAMPLE_LIMIT = 2000  # characters kept of a matching line; the renderer cuts further for Slack
+_SOURCE_LINE = re.compile(r"[ \t]*throw\s")  # a quoted `throw` statement, not a logged error
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +50,7 @@ class SignalMatcher:
             return []
         out = []
         for sig in self._signatures:
-            m = sig.pattern.search(text)
+            m = _first_match(sig.pattern, text)
             if m is None:
                 continue
             out.append(
@@ -61,6 +65,20 @@ class SignalMatcher:
                 )
             )
         return out
+
+
+def _first_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The first match that is not on a quoted line of source code."""
+    pos = 0
+    while (m := pattern.search(text, pos)) is not None:
+        start = text.rfind("\n", 0, m.start()) + 1
+        if not _SOURCE_LINE.match(text, start):
+            return m
+        end = text.find("\n", m.start())
+        if end == -1:
+            return None
+        pos = end + 1
+    return None
 
 
 def _line_of(text: str, pos: int) -> str:

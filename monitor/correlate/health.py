@@ -17,6 +17,7 @@ from monitor.correlate.model import (
     Incident,
     IncidentKind,
     IncidentStatus,
+    Reason,
     Transition,
     TransitionKind,
 )
@@ -47,6 +48,7 @@ def source_health(
         if incident is not None:
             move(incident, Event.EVIDENCE)
             incident.resolved_at = now
+            incident.reason = Reason.READING_WORKS_AGAIN
             incident.resolution_note = (
                 f"reading logs works again after {failures} failed check(s)")
             transitions.append(
@@ -67,7 +69,7 @@ def source_health(
     incident = Incident(
         id=ident, service=unit, signal=SOURCE_SIGNAL, kind=IncidentKind.SOURCE,
         severity="critical", status=IncidentStatus.OPEN, first_seen=now, last_seen=now,
-        count=failures, sample=reason,
+        count=failures, sample=reason, reason=Reason.CANNOT_READ,
         regression_of=previous.id if previous is not None else None,
     )
     state.incidents[ident] = incident

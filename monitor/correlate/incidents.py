@@ -242,8 +242,10 @@ class _Machine:
 
     @staticmethod
     def failing_instance(incident: Incident, instance: str | None) -> None:
-        if instance is not None and instance not in incident.instances \
-                and len(incident.instances) < MAX_INSTANCES:
+        """Track an instance that failed; one that fails after a stop is up again (Cloud Run
+        restarts a container that exited in the same instance)."""
+        if instance is not None and (instance in incident.instances
+                                     or len(incident.instances) < MAX_INSTANCES):
             incident.instances[instance] = False
 
     def routes_failed_since(self, service: str, since: datetime) -> list[str]:
@@ -389,15 +391,20 @@ class _Machine:
         last = max(earlier, key=lambda f: f.live_since or first_at, default=None)
         return rev.migrations_run(last) if last is not None else []
 
-    def fix(self, incident: Incident) -> RevisionFacts | None:
-        """The newest revision live before the quiet period began, clean and serving in it."""
+    def fix(self, incident: Incident, evidence_since: datetime | None) -> RevisionFacts | None:
+        """The newest clean revision, serving since the last match, that was live when the
+        quiet period began or, for an incident held open for want of evidence, when the
+        evidence began: a revision that came later did not make the errors stop."""
         has_requests = incident.service in self.state.request_services
+        live_by = incident.last_seen + READY_GRACE
+        if evidence_since is not None:
+            live_by = max(live_by, evidence_since)
         candidates = [
             f for f in self.state.service_revisions(incident.service)
             if f.errors.get(incident.signal, 0) == 0
             and rev.may_be_fix(f, has_requests)
             and f.live_since is not None
-            and f.live_since <= incident.last_seen + READY_GRACE
+            and f.live_since <= live_by
             and f.last_seen is not None and f.last_seen >= incident.last_seen
         ]
         return max(candidates, key=lambda f: f.live_since or incident.last_seen, default=None)
@@ -440,7 +447,7 @@ class _Machine:
             return False
         move(incident, Event.EVIDENCE)
         incident.resolved_at = max(quiet_end, since) if since else quiet_end
-        fix = self.fix(incident)
+        fix = self.fix(incident, since)
         incident.resolved_by = fix.name if fix is not None else None
         incident.reason = (reason if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS
                            else Reason.FIXED_BY_DEPLOY if fix is not None

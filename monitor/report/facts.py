@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -103,6 +104,20 @@ class IncidentReport:
     def duration(self) -> timedelta:
         inc = self.incident
         return (inc.resolved_at or inc.last_seen) - inc.first_seen
+
+    @property
+    def named(self) -> bool:
+        """Whether the pattern reads as a name (`MissingSessionTableError`) in a sentence; an
+        alternation of a class and its message is called by the signal's name instead."""
+        return self.pattern is not None and _READS_AS_NAME.fullmatch(self.pattern) is not None
+
+    @property
+    def what(self) -> str:
+        """The signal in the write-up's sentences: its pattern when that reads as a name."""
+        return self.pattern if self.named and self.pattern else self.incident.signal
+
+
+_READS_AS_NAME = re.compile(r"[\w .:-]{1,80}")  # as notify.render titles an alert
 
 
 @dataclass(slots=True)
@@ -208,7 +223,7 @@ def what(rep: IncidentReport) -> str:
                 + (f" ({m.code})" if m.code else ""))
     if inc.kind is IncidentKind.SOURCE:
         return f"the monitor could not read the logs of {inc.service}"
-    return f"{rep.pattern} ({inc.signal})" if rep.pattern else inc.signal
+    return f"{rep.pattern} ({inc.signal})" if rep.pattern and rep.named else inc.signal
 
 
 def summary_sentence(rep: IncidentReport) -> str:

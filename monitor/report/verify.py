@@ -93,7 +93,7 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
     query = logs_query(service, rep.pattern)
     noun = "failed migration run(s)" if inc.kind is IncidentKind.MIGRATION else "match(es)"
     start = inc.first_seen - (RUN_SPAN if inc.kind is IncidentKind.MIGRATION else timedelta())
-    out.append(_make("errors", f"{inc.count:,} {noun} of {rep.pattern} on {service} from "
+    out.append(_make("errors", f"{inc.count:,} {noun} of {rep.what} on {service} from "
                      f"{when(inc.first_seen)} to {when(inc.last_seen)}", query, project,
                      start, inc.last_seen + TICK, count=inc.count))
     if inc.kind is IncidentKind.ERROR and rep.requests_failed is not None and rep.revisions_hit:
@@ -120,7 +120,7 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
         if rep.next_incident is not None:
             quiet_end = rep.next_incident.first_seen
         if quiet_end is not None and quiet_end > inc.last_seen:
-            out.append(_make("quiet", f"no {rep.pattern} on {service} after the last one "
+            out.append(_make("quiet", f"no {rep.what} on {service} after the last one "
                              f"({when(inc.last_seen)}) up to {when(quiet_end)}", query, project,
                              inc.last_seen + TICK, quiet_end + TICK
                              if rep.next_incident is None else quiet_end, count=0))
@@ -149,7 +149,7 @@ def checklist(rep: IncidentReport) -> list[Check]:
     out: list[Check] = []
     quiet = next((v for v in rep.verifications if v.id == "quiet"), None)
     if inc.status is IncidentStatus.OPEN:
-        out.append(Check(False, f"still open: last {rep.pattern or inc.signal} at "
+        out.append(Check(False, f"still open: last {rep.what} at "
                          f"{when(inc.last_seen)} ({inc.reason.replace('_', ' ')})", ev("errors")))
     elif inc.kind is IncidentKind.MIGRATION:
         # Resolved by a run that succeeded, not by a quiet period: the checks are that run, and
@@ -160,7 +160,7 @@ def checklist(rep: IncidentReport) -> list[Check]:
             out.append(Check(True, f"no failed migrate deploy after it (read up to "
                              f"{when(quiet.end)})", ev("quiet")))
     else:
-        line = f"no {rep.pattern or inc.signal} since {when(inc.last_seen)}"
+        line = f"no {rep.what} since {when(inc.last_seen)}"
         if quiet is not None and quiet.end is not None:
             line += f" (read up to {when(quiet.end)})"
         if "requests_ok" in have:
