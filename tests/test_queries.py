@@ -45,3 +45,23 @@ def test_logs_url_is_percent_encoded_whole():
     url = logs_url(logs_query("spector", "a|b>c"), T, T, "spector-prod")
     assert "|" not in url and ">" not in url and " " not in url
     assert url.endswith("?project=spector-prod")
+
+
+def test_the_read_filter_names_the_project_as_entries_origin_decides_it():
+    from monitor.queries import project_clause
+
+    f = read_filter(["spector"], project="spector-prod", start=None, end=None)
+    assert project_clause("spector-prod") in f
+    assert project_clause("spector-prod") == (
+        '(resource.labels.project_id="spector-prod" OR logName:"projects/spector-prod/logs/")')
+    assert "project_id" not in read_filter(["spector"], start=None, end=None)
+
+
+def test_the_link_query_searches_every_field_the_classifier_reads():
+    from monitor.entries import JSON_TEXT_FIELDS
+
+    q = logs_query("spector", "MissingSessionTableError")
+    for path in JSON_TEXT_FIELDS:
+        assert f'jsonPayload.{".".join(path)}=~"MissingSessionTableError"' in q
+    assert 'jsonPayload.err.type=~"MissingSessionTableError"' in q  # pino's class name
+    assert 'jsonPayload.stack_trace=~"MissingSessionTableError"' in q  # Error Reporting's

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.correlate.model import Transition, TransitionKind
+from monitor.correlate.state import State
 from monitor.report import build, report_markdown, summary_and_checklist
 from monitor.report.markdown import block, code, md
 from monitor.store import open_store
@@ -132,13 +133,16 @@ def test_a_hostile_sample_in_the_markdown(config_path: Path) -> None:
     assert "````\n<script>alert(1)</script> <!channel>" in text
 
 
-def test_summary_and_checklist_for_slack(config_path: Path) -> None:
-    config = load(config_path)
-    store = open_store(config.state.url)
+def stored_state(config_path: Path) -> State:
+    store = open_store(load(config_path).state.url)
     try:
-        state = store.load_state()
+        return store.load_state()
     finally:
         store.close()
+
+
+def test_summary_and_checklist_for_slack(config_path: Path) -> None:
+    state = stored_state(config_path)
     inc = replace(state.incidents[ERRORS], sample=HOSTILE, signal="x<!channel>")
     facts = tuple(state.service_revisions("spector"))
     t = Transition(TransitionKind.RESOLVED, inc, inc.seq, inc.resolved_at or inc.last_seen,
@@ -171,3 +175,19 @@ def test_a_live_source_charts_the_buckets_the_incident_keeps(config_path: Path) 
     assert {r: len(ts) for r, ts in from_buckets.items()} == {r: len(ts) for r, ts in exact.items()}
     assert {r: len(ts) for r, ts in from_buckets.items()} == {"spector-00042-wex": 144,
                                                            "spector-00043-fiz": 13}
+
+
+def test_the_slack_checklist_of_a_migration_incident_shows_the_checks_that_apply(
+        config_path: Path) -> None:
+    """Resolved by a run that succeeded, not by a quiet period: no red cross for a check it
+    cannot build (the quiet period of an error signal), and the run that resolved it."""
+    state = stored_state(config_path)
+    inc = state.incidents[MIGRATION]
+    t = Transition(TransitionKind.RESOLVED, inc, inc.seq, inc.resolved_at or inc.last_seen,
+                   "resolved", revision_facts=tuple(state.service_revisions("spector")))
+    text = summary_and_checklist(t, project="spector-prod")
+    checks = text.split("*Checklist*\n", 1)[1].splitlines()
+    assert ":x:" not in text
+    assert checks[0] == (":white_check_mark: migrate deploy succeeded on spector-00044-mop at "
+                         "2025-12-13 01:06 UTC")
+    assert not any("quiet" in c or "no migration-failed since" in c for c in checks)
