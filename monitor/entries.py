@@ -147,11 +147,11 @@ def origin(log_name: str, resource_labels: Mapping[str, Any]) -> Origin:
 # `name` has a stack beginning "Error: <message>"; Error Reporting reads `stack_trace` or
 # `exception`; Google's structured logging and most Node loggers write `message`, pino `msg`.
 # `queries.logs_query` searches the same fields, so a Logs Explorer link finds what we matched.
+# The most common come first: a Logs Explorer link that must stay short searches a prefix.
 JSON_TEXT_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("message",), ("msg",),
+    ("message",), ("msg",), ("stack_trace",), ("stack",),
     *((outer, *inner) for outer in ("err", "error", "exception")
-      for inner in ((), ("type",), ("name",), ("message",), ("stack",))),
-    ("stack",), ("stack_trace",),
+      for inner in ((), ("type",), ("message",), ("stack",), ("name",))),
 )
 # The top-level keys those paths start from: all a source needs to pass to `json_message`.
 JSON_TEXT_KEYS = tuple(dict.fromkeys(path[0] for path in JSON_TEXT_FIELDS))

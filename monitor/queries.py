@@ -18,19 +18,25 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def logs_query(service: str, pattern: str | None, revision: str | None = None) -> str:
+TEXT_FIELDS = ("textPayload", *(".".join(("jsonPayload", *path)) for path in JSON_TEXT_FIELDS))
+
+
+def logs_query(service: str, pattern: str | None, revision: str | None = None,
+               fields: int = len(TEXT_FIELDS)) -> str:
     """The Cloud Logging filter for a service's lines matching a signal (and one revision).
 
     Uppercase AND/OR only: lowercase `and` is a search term (FACTS.md). The pattern is matched
     against textPayload and every structured field the classifier reads text from
-    (`entries.JSON_TEXT_FIELDS`), so the link shows the entries the alert counted.
+    (`entries.JSON_TEXT_FIELDS`), so the query finds the entries the alert counted; `fields`
+    keeps only the first (most common) of them, for a link that must stay short; 0 leaves the
+    pattern out.
     """
     parts = ['resource.type="cloud_run_revision"', f"resource.labels.service_name={_q(service)}"]
     if revision:
         parts.append(f"resource.labels.revision_name={_q(revision)}")
-    if pattern:
-        fields = ["textPayload", *(".".join(("jsonPayload", *path)) for path in JSON_TEXT_FIELDS)]
-        parts.append("(" + " OR ".join(f"{f}=~{_q(pattern)}" for f in fields) + ")")
+    if pattern and fields > 0:
+        parts.append("(" + " OR ".join(f"{f}=~{_q(pattern)}" for f in TEXT_FIELDS[:fields])
+                     + ")")
     return " AND ".join(parts)
 
 

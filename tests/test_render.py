@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -22,7 +23,7 @@ from monitor.correlate.model import (
     TransitionKind,
 )
 from monitor.notify.message import Action, Message
-from monitor.notify.render import render
+from monitor.notify.render import MAX_LINK_URL, render
 from monitor.notify.safe import MAX_BLOCKS, escape, safe_text, scrub, truncate
 from monitor.queries import logs_query
 
@@ -108,6 +109,25 @@ def test_logs_explorer_link_carries_the_encoded_query() -> None:
     url = ("https://console.cloud.google.com/logs/query;query=" + quote(query, safe="")
            + ";timeRange=2025-12-04T20%3A58%3A00Z%2F2025-12-04T21%3A13%3A00Z?project=spector-prod")
     assert f"<{url}|Logs Explorer>" in body
+
+
+def test_a_long_pattern_searches_the_most_common_fields_and_keeps_the_link_whole() -> None:
+    shipped = ("MissingSessionTableError|Prisma \\w+ table does not exist|"
+               "MissingSessionStorageError|Prisma session storage is not ready")
+    [m] = rendered(transition(TransitionKind.OPENED), pattern=shipped)
+    body = "\n".join(texts(m.blocks))
+    (url,) = re.findall(r"<(https://console\.cloud\.google\.com/logs/query[^|>]*)\|", body)
+    assert len(url) <= MAX_LINK_URL
+    query = unquote(url.split(";query=", 1)[1].split(";timeRange=", 1)[0])
+    for field in ("textPayload", "jsonPayload.message", "jsonPayload.stack_trace",
+                  "jsonPayload.err.type", "jsonPayload.err.stack"):  # pino's class and stack
+        assert f"{field}=~{json.dumps(shipped)}" in query
+    assert "severity" not in query  # a logged error is often DEFAULT: never filtered on it
+    # a pattern too long for any field: the service's lines of the period, still a whole link
+    [m] = rendered(transition(TransitionKind.OPENED), pattern="x" * 3000)
+    (url,) = re.findall(r"<(https://console\.cloud\.google\.com/logs/query[^|>]*)\|",
+                        "\n".join(texts(m.blocks)))
+    assert "textPayload" not in unquote(url) and "spector" in unquote(url)
 
 
 def test_logs_query_quotes_and_revision() -> None:

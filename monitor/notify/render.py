@@ -49,7 +49,7 @@ from monitor.notify.safe import (
     safe_text,
     truncate,
 )
-from monitor.queries import logs_query, logs_url
+from monitor.queries import TEXT_FIELDS, logs_query, logs_url
 
 MAX_LIST = 20  # revisions, migrations or changes listed before "and N more"
 LOGS_MARGIN = timedelta(minutes=5)  # around the incident, for the Logs Explorer time range
@@ -197,19 +197,22 @@ def _time_range(incident: Incident, at: datetime) -> tuple[datetime, datetime]:
 
 
 # A link longer than this (a long pattern over every text field) could be cut by a section's
-# limit, which would break its markup: it then shows the service's errors in the same period.
+# limit, which would break its markup: it then searches fewer fields, the most common first, and
+# at worst shows all the service's lines of the period (a logged error is often of severity
+# DEFAULT, so a severity filter would hide it).
 MAX_LINK_URL = 2000
 
 
 def _logs_link(incident: Incident, at: datetime, pattern: str | None,
                project: str | None) -> str:
     start, end = _time_range(incident, at)
-    url = logs_url(logs_query(incident.service, _pattern_for(incident, pattern)), start, end,
-                   project)
-    if len(url) > MAX_LINK_URL:
-        url = logs_url(logs_query(incident.service, None) + " AND severity>=ERROR", start, end,
-                       project)
-    return url
+    pattern = _pattern_for(incident, pattern)
+    fields = len(TEXT_FIELDS)
+    while True:
+        url = logs_url(logs_query(incident.service, pattern, fields=fields), start, end, project)
+        if len(url) <= MAX_LINK_URL or fields == 0:
+            return url
+        fields -= 1
 
 
 def _pattern_for(incident: Incident, pattern: str | None) -> str | None:
