@@ -23,7 +23,8 @@ HOST = "https://spector-408213337421.us-central1.run.app"
     (f"{HOST}/s/1b4e28ba-2fa1-11d2-883f-0016d3cca427", "/s/:id"),
     ("/auth/session-token#frag", "/auth/session-token"),
     (HOST, "/"),
-    ("https://[bad/app", ""),  # an unparseable host: no path is trusted
+    ("https://[bad/app", "/app"),  # a host urlsplit refuses: the path is still the path
+    ("https://host?next=/app", "/"),  # a query right after the host: no path
 ])
 def test_routes_fold_ids_and_drop_the_query(url, route):
     assert route_of(url) == route

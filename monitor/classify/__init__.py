@@ -21,7 +21,7 @@ from monitor.classify.observations import (
     RevisionSeen,
 )
 from monitor.classify.prisma import MigrationParser
-from monitor.classify.requests import AssetRule, route_of
+from monitor.classify.requests import AssetRule
 from monitor.classify.signals import SignalMatcher
 from monitor.entries import EntryKind, LogEntry
 
@@ -83,10 +83,10 @@ class Classifier:
             if entry.kind is EntryKind.REQUEST:
                 if entry.http_status is not None:
                     url = entry.http_url
+                    route, asset = self.assets.describe(url) if url else (None, False)
                     out.append(RequestServed(
                         entry.timestamp, service, entry.revision, entry.http_status,
-                        entry.instance_id, route_of(url) if url else None,
-                        self.assets.is_asset(url) if url else False))
+                        entry.instance_id, route, asset))
                 continue
             if entry.kind is EntryKind.AUDIT or entry.kind is EntryKind.SYSTEM:
                 event = deploy_event(entry)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 # Scripts, styles, maps, images and fonts, and the folders bundlers put them in (Remix's /build/,
 # Vite's /assets/, CRA's /static/), plus what browsers and crawlers ask for on their own.
@@ -30,11 +29,12 @@ MAX_ROUTE = 200  # characters kept of a route: a path is untrusted and may be lo
 
 def path_of(url: str) -> str:
     """The path of a full URL (`https://host/app?x=1`) or of a bare path (`/app?x=1`)."""
-    try:
-        path = urlsplit(url).path if "://" in url else url.split("?", 1)[0].split("#", 1)[0]
-    except ValueError:  # an unbalanced [ in the host: no path can be trusted
-        return ""
-    return path or "/"
+    m = _URL.match(url)
+    return (m[1] if m else "") or "/"
+
+
+# The scheme and host (up to the first / ? #), then the path (up to ? #): what `pattern()` reads.
+_URL = re.compile(r"(?:[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)?([^?#]*)")
 
 
 def route_of(url: str) -> str:
@@ -45,7 +45,11 @@ def route_of(url: str) -> str:
 
 def _is_id(segment: str) -> bool:
     """A number, a uuid, or a long hex string with a digit (`cafebabe` may be a word)."""
-    return _ID.fullmatch(segment) is not None and any(c.isdigit() for c in segment)
+    return _DIGIT.search(segment) is not None and _ID.fullmatch(segment) is not None
+
+
+_DIGIT = re.compile(r"\d")
+MAX_CACHED = 4096  # distinct paths remembered per rule: a service's routes, not its traffic
 
 
 class AssetRule:
@@ -55,10 +59,25 @@ class AssetRule:
         self.ignore_paths = tuple(ignore_paths)
         self._suffixes = tuple(p.lower() for p in self.ignore_paths if p.startswith("."))
         self._parts = tuple(p.lower() for p in self.ignore_paths if not p.startswith("."))
+        self._seen: dict[str, tuple[str, bool]] = {}
 
     def is_asset(self, url: str) -> bool:
-        path = path_of(url).lower()
+        return self._is_asset_path(path_of(url))
+
+    def _is_asset_path(self, path: str) -> bool:
+        path = path.lower()
         return path.endswith(self._suffixes) or any(p in path for p in self._parts)
+
+    def describe(self, url: str) -> tuple[str, bool]:
+        """`(route_of(url), is_asset(url))`, remembered per path: every request log comes here,
+        and most of a service's requests are for a few paths."""
+        path = path_of(url)
+        known = self._seen.get(path)
+        if known is None:
+            if len(self._seen) >= MAX_CACHED:
+                self._seen.clear()
+            known = self._seen[path] = (route_of(path), self._is_asset_path(path))
+        return known
 
     def pattern(self) -> str | None:
         """The same rule as an RE2 pattern over a `requestUrl`; None when nothing is ignored.

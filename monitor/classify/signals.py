@@ -50,7 +50,9 @@ class SignalMatcher:
             return []
         out = []
         for sig in self._signatures:
-            m = _first_match(sig.pattern, text)
+            m = sig.pattern.search(text)
+            if m is not None and _on_source_line(text, m.start()):
+                m = _first_match(sig.pattern, text)
             if m is None:
                 continue
             out.append(
@@ -67,12 +69,15 @@ class SignalMatcher:
         return out
 
 
+def _on_source_line(text: str, pos: int) -> bool:
+    return _SOURCE_LINE.match(text, text.rfind("\n", 0, pos) + 1) is not None
+
+
 def _first_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     """The first match that is not on a quoted line of source code."""
     pos = 0
     while (m := pattern.search(text, pos)) is not None:
-        start = text.rfind("\n", 0, m.start()) + 1
-        if not _SOURCE_LINE.match(text, start):
+        if not _on_source_line(text, m.start()):
             return m
         end = text.find("\n", m.start())
         if end == -1:
