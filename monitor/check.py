@@ -45,6 +45,7 @@ class CycleResult:
     delivery: Delivery = field(default_factory=Delivery)
     dry_run: bool = False
     error: str | None = None  # the read failed: nothing was concluded from this cycle
+    read_only: bool = False  # another instance leads the unit: nothing was saved or sent
 
     @property
     def open_incidents(self) -> list[Incident]:
@@ -150,6 +151,16 @@ class Cancelled(Exception):
     """The cycle was abandoned (shutdown) before its commit: nothing of it was saved."""
 
 
+class ClockBehind(ValueError):
+    """`now` is before the unit's last completed check. A checkpoint never moves back: the
+    window would be read again and every alert in it posted again, as new incidents."""
+
+    def __init__(self, unit: str, now: datetime, last: datetime) -> None:
+        super().__init__(f"{format_time(now)} is before the last completed check of {unit} "
+                         f"({format_time(last)}): a check never moves the checkpoint back")
+        self.unit, self.now, self.last = unit, now, last
+
+
 def fresh_entries(store: Store, entries: Iterator[LogEntry],
                   stop: threading.Event | None = None) -> list[LogEntry]:
     """Entries not processed before: deduplicated by (log name, insert id)."""
@@ -185,6 +196,8 @@ def run_cycle(
     unit over meanwhile, LeaseLost is raised and nothing of this cycle was written or sent."""
     lateness = config.poll.max_lateness
     checkpoint = store.checkpoint(unit)
+    if not dry_run and checkpoint is not None and now < checkpoint.until:
+        raise ClockBehind(unit, now, checkpoint.until)
     window = plan_window(checkpoint, now, since=since, default_lookback=default_lookback,
                          max_lateness=lateness)
     stats = ReadStats()

@@ -2,7 +2,8 @@
 
 Rules: stdout carries only the command's output (one JSON object with `--format json`); logs and
 console notifications in JSON mode go to stderr. Exit codes for `once`: 0 nothing open, 1 at least
-one incident open, 2 usage or config error, 3 the check could not complete.
+one incident open, 2 usage or config error, 3 the check could not complete (or a notification it
+owes is not delivered yet), 4 checked read-only because another instance leads the unit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import click
 import yaml
 
 from monitor import logs, notify, sources
-from monitor.check import CycleResult, run_cycle
+from monitor.check import ClockBehind, CycleResult, run_cycle
 from monitor.config import (
     Config,
     ConfigError,
@@ -42,7 +43,7 @@ from monitor.sources.file import FileSource
 from monitor.store import open_store
 from monitor.store.base import Lease, LeaseLost, Store
 
-EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_READ_ONLY = 0, 1, 2, 3, 4
 
 log = logging.getLogger("monitor")
 
@@ -147,8 +148,12 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
                 dry_run=dry_run or lease is None,
                 lease=lease,
             ))
+            results[-1].read_only = lease is None and not dry_run
     except CredentialsError as exc:
         _fail(EXIT_USAGE, str(exc))
+    except ClockBehind as exc:
+        _fail(EXIT_USAGE, f"{'--now ' if now_ else 'the clock: '}{exc}; nothing was read or "
+                          "sent (--dry-run looks at an earlier time without saving anything)")
     except (SourceError, DeliveryError) as exc:
         _fail(EXIT_INCOMPLETE, f"check could not complete: {exc}")
     except LeaseLost as exc:
@@ -173,8 +178,14 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     failed = [r.error for r in results if r.error]
     if failed:
         _fail(EXIT_INCOMPLETE, f"check could not complete: {failed[0]}")
-    if any(not r.delivery.ok for r in results):
-        _fail(EXIT_INCOMPLETE, "some notifications could not be delivered; they stay queued")
+    owed = sum(r.delivery.failed + r.delivery.waiting for r in results)
+    if owed:  # failed now, or waiting out a retry's backoff: either way not yet delivered
+        _fail(EXIT_INCOMPLETE, f"{owed} notification(s) not delivered yet; they stay queued "
+                               "and are sent by the next check")
+    led = [unit_name(u) for u, r in zip(config.units, results, strict=True) if r.read_only]
+    if led:
+        _fail(EXIT_READ_ONLY, f"{', '.join(led)}: led by another instance, checked read-only "
+                              "(nothing saved or sent; `monitor status` shows the leader)")
     sys.exit(EXIT_OPEN if result.open_incidents else EXIT_OK)
 
 
@@ -188,6 +199,9 @@ def _merge(results: list[CycleResult]) -> CycleResult:
         last.stats.entries_skipped += r.stats.entries_skipped
         last.stats.api_requests += r.stats.api_requests
         last.delivery.sent += r.delivery.sent
+        last.delivery.failed += r.delivery.failed
+        last.delivery.waiting += r.delivery.waiting
+        last.read_only = last.read_only or r.read_only
         last.messages[:0] = r.messages
     return last
 

@@ -29,11 +29,13 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from monitor.classify.requests import DEFAULT_IGNORE_PATHS
+from monitor.regex import Regex, RegexError, compile_regex
 
 DEFAULT_PATH = "config.yaml"
 
@@ -160,8 +162,10 @@ class PollConfig(_Model):
 
 
 class SignalConfig(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
-    match: re.Pattern[str]
+    match: Regex  # RE2 (monitor.regex): linear time, the Logging query's dialect
     severity: Literal["critical", "high", "warning", "info"] = "critical"
     open_after: Annotated[int, Field(ge=1)] = 1
     window: Duration = timedelta(minutes=5)
@@ -171,15 +175,19 @@ class SignalConfig(_Model):
 
     @field_validator("match", mode="before")
     @classmethod
-    def _compile(cls, value: Any) -> re.Pattern[str]:
-        if isinstance(value, re.Pattern):
+    def _compile(cls, value: Any) -> Regex:
+        if isinstance(value, Regex):
             return value
         if not isinstance(value, str) or not value:
             raise ValueError("must be a non-empty regular expression")
         try:
-            return re.compile(value)
-        except re.error as exc:
+            return compile_regex(value)
+        except RegexError as exc:
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+
+    @field_serializer("match")
+    def _pattern(self, value: Regex) -> str:
+        return value.pattern
 
 
 class EvidenceConfig(_Model):

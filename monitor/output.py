@@ -43,7 +43,9 @@ def result_json(result: CycleResult) -> dict[str, Any]:
             "entries_skipped": result.stats.entries_skipped,
             "api_requests": result.stats.api_requests,
             "notifications_sent": result.delivery.sent,
+            "notifications_waiting": result.delivery.failed + result.delivery.waiting,
         },
+        "read_only": result.read_only,
     }
 
 
@@ -80,10 +82,14 @@ def result_text(result: CycleResult) -> str:
     s = result.stats
     out = [
         f"checked {_t(w.start) if w.start else 'the whole source'} .. {_t(w.end)}"
-        + (" (dry run: nothing sent, nothing saved)" if result.dry_run else ""),
+        + (" (read-only: another instance leads this unit; nothing sent, nothing saved)"
+           if result.read_only else
+           " (dry run: nothing sent, nothing saved)" if result.dry_run else ""),
         f"entries: {s.entries_read} read, {s.entries_skipped} skipped; "
         f"{s.api_requests} API request(s); {result.delivery.sent} notification(s) sent"
-        + (f", {result.delivery.failed} failed" if result.delivery.failed else ""),
+        + (f", {result.delivery.failed} failed" if result.delivery.failed else "")
+        + (f", {result.delivery.waiting} waiting to be retried" if result.delivery.waiting
+           else ""),
         "",
         "incidents:",
     ]

@@ -51,7 +51,8 @@ def test_json_contract_and_exit_code_when_resolved(tmp_path):
     result = once(write_config(tmp_path, small_incident()), "--format", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert set(doc) == {"checked_at", "window", "incidents", "revisions", "stats"}
+    assert set(doc) == {"checked_at", "window", "incidents", "revisions", "stats", "read_only"}
+    assert doc["read_only"] is False and doc["stats"]["notifications_waiting"] == 0
     assert doc["checked_at"] == "2025-12-04T21:34:00Z"  # the newest entry is the clock
     assert doc["window"] == {"start": None, "end": "2025-12-04T21:34:00Z"}
     (incident,) = doc["incidents"]
@@ -65,7 +66,8 @@ def test_json_contract_and_exit_code_when_resolved(tmp_path):
     assert incident["regression_of"] is None and incident["migration"] is None
     assert all(set(r) == REVISION_KEYS for r in doc["revisions"])
     assert doc["stats"] == {"entries_read": len(small_incident()), "entries_skipped": 0,
-                            "api_requests": 0, "notifications_sent": 5}  # 3 posts, 2 edits
+                            "api_requests": 0, "notifications_sent": 5,  # 3 posts, 2 edits
+                            "notifications_waiting": 0}
 
 
 def test_exit_code_1_while_open_and_now_moves_the_clock(tmp_path):
@@ -159,8 +161,10 @@ def test_slack_failure_exits_3_and_keeps_the_message_queued(tmp_path, slack_serv
     assert result.exit_code == 3
     assert slack_server.token not in result.output
     assert slack_server.messages("#alerts") == []
-    # not before its backoff (2 s after one failure), then exactly once
-    assert once(config, "--now", "2025-12-04T21:05:00Z").exit_code == 1
+    # not before its backoff (2 s after one failure), and still owed meanwhile: exit 3, not 1
+    waiting = once(config, "--now", "2025-12-04T21:05:00Z")
+    assert waiting.exit_code == 3
+    assert "1 notification(s) not delivered yet" in waiting.output
     assert slack_server.messages("#alerts") == []
     time.sleep(2.1)
     assert once(config, "--now", "2025-12-04T21:05:00Z").exit_code == 1

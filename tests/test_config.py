@@ -192,3 +192,33 @@ def test_the_shipped_signal_catches_the_class_name_and_the_message_text():
                  "MissingSessionTableError"):
         assert signal.match.search(text), text
     assert not signal.match.search("Error: Prisma Client could not connect")
+
+
+def test_signal_patterns_compile_with_re2_and_name_the_key_when_they_cannot():
+    from monitor.regex import Regex
+
+    config = parse_config(MINIMAL, env={})
+    assert isinstance(config.signals[0].match, Regex)
+    for pattern, why in (("(?=Missing)Session", "invalid perl operator: (?="),
+                         (r"(a)\1", "invalid escape sequence: \\1")):
+        with pytest.raises(ConfigError) as exc:
+            parse_config(with_(signals__0__match=pattern), env={})
+        assert f"signals[0].match: invalid regular expression {pattern!r}: RE2 cannot compile " \
+               f"it: {why}" in str(exc.value)
+
+
+def test_a_pattern_that_backtracks_forever_in_python_re_runs_in_linear_time(tmp_path):
+    """`(a+)+$` against 40 a's and a `!` takes Python's `re` longer than the age of the universe;
+    a check runs it over every line of untrusted text. In a subprocess, so a regression fails
+    the test instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    code = ("from monitor.config import parse_config\n"
+            "c = parse_config({'services': ['s'], 'source': {'type': 'file', 'path': 'x'},"
+            " 'signals': [{'name': 'x', 'match': '(a+)+$'}]}, env={})\n"
+            "print(c.signals[0].match.search('a' * 40 + '!'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr
+    assert out.stderr == ""  # RE2 logs nothing of its own

@@ -334,13 +334,41 @@ def test_retention_takes_a_deleted_incidents_thread_and_sent_messages_with_it(st
     first, other, unsent = store.queued()
     store.mark_sent(first, Thread("C1", "1.1"))
     store.mark_sent(other, Thread("C1", "2.1"))
-    store.commit_cycle(store.load_state("u"), CycleRecord(
-        unit="u", checkpoint=AT_T0, seen={}, forget_before=None, messages=[],
-        retain_after=T0 - timedelta(days=30)))
+    retain = CycleRecord(unit="u", checkpoint=AT_T0, seen={}, forget_before=None, messages=[],
+                         retain_after=T0 - timedelta(days=30))
+    store.commit_cycle(store.load_state("u"), retain)
+    # "old" still owes a reply in its thread: it stays, thread and all, until that is sent
+    assert "old" in store.load_state("u").incidents
+    assert store.thread("old") == Thread("C1", "1.1")
+    assert [q.message.key for q in store.queued()] == [unsent.message.key]  # never dropped
+    store.mark_sent(unsent, Thread("C1", "1.1"))
+    store.commit_cycle(store.load_state("u"), retain)
+    assert "old" not in store.load_state("u").incidents
     assert store.thread("old") is None and store.sent("old") == []
     assert store.thread(keep) == Thread("C1", "2.1")  # the open incident keeps its thread
     assert [s.message.key for s in store.sent(keep)] == [other.message.key]
-    assert [q.message.key for q in store.queued()] == [unsent.message.key]  # never dropped
+
+
+def test_a_jump_far_ahead_never_strands_the_resolution_it_queues(store):
+    """A clock 90 days ahead resolves an incident and puts it past retention in one commit:
+    the resolution queued in that commit still finds its thread."""
+    s = state()
+    inc = s.incidents[incident().id]
+    store.commit_cycle(s, CycleRecord(unit="u", checkpoint=AT_T0, seen={}, forget_before=None,
+                                      messages=[message(1, incident_id=inc.id)]))
+    (root,) = store.queued()
+    store.mark_sent(root, Thread("C1", "1.1"))
+    later = store.load_state("u")
+    resolved = later.incidents[inc.id]
+    resolved.status, resolved.resolved_at = IncidentStatus.RESOLVED, T0 + timedelta(minutes=20)
+    store.commit_cycle(later, CycleRecord(
+        unit="u", checkpoint=Checkpoint(T0 + timedelta(days=90)), seen={}, forget_before=None,
+        messages=[message(2, Action.REPLY, incident_id=inc.id)],
+        retain_after=T0 + timedelta(days=60)))
+    (reply,) = store.queued()
+    assert reply.message.incident_id == inc.id
+    assert store.thread(inc.id) == Thread("C1", "1.1")  # where the reply goes
+    assert inc.id in store.load_state("u").incidents
 
 
 def test_sqlite_rewrites_only_the_documents_that_changed(tmp_path):

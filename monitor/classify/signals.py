@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from monitor.classify.observations import ErrorHit
 from monitor.entries import EntryKind, LogEntry
+from monitor.regex import Match, Pattern, compile_regex
 
 SAMPLE_LIMIT = 2000  # characters kept of a matching line; the renderer cuts further for Slack
 _SOURCE_LINE = re.compile(r"[ \t]*throw\s")  # a quoted `throw` statement, not a logged error
@@ -23,7 +24,7 @@ _SOURCE_LINE = re.compile(r"[ \t]*throw\s")  # a quoted `throw` statement, not a
 @dataclass(frozen=True, slots=True)
 class Signature:
     name: str
-    pattern: re.Pattern[str]
+    pattern: Pattern  # a config signal's: RE2 (monitor.regex)
 
 
 class SignalMatcher:
@@ -36,7 +37,7 @@ class SignalMatcher:
     def __init__(self, signatures: Sequence[Signature]) -> None:
         self._signatures = tuple(signatures)
         if len(self._signatures) > 1:
-            self._any: re.Pattern[str] | None = re.compile(
+            self._any: Pattern | None = compile_regex(
                 "|".join(f"(?:{s.pattern.pattern})" for s in self._signatures)
             )
         else:
@@ -73,7 +74,7 @@ def _on_source_line(text: str, pos: int) -> bool:
     return _SOURCE_LINE.match(text, text.rfind("\n", 0, pos) + 1) is not None
 
 
-def _first_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+def _first_match(pattern: Pattern, text: str) -> Match | None:
     """The first match that is not on a quoted line of source code."""
     pos = 0
     while (m := pattern.search(text, pos)) is not None:

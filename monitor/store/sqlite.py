@@ -279,21 +279,6 @@ class SQLiteStore:
             if record.forget_before is not None:
                 db.execute("DELETE FROM seen WHERE unit = ? AND ts < ?",
                            (unit, _ts(record.forget_before)))
-            if record.retain_after is not None:
-                cutoff = format_time(record.retain_after)
-                gone = [(i,) for (i,) in db.execute(
-                    "DELETE FROM incidents WHERE unit = ? AND status = 'resolved' AND "
-                    "json_extract(data, '$.resolved_at') < ? RETURNING id",
-                    (unit, cutoff)).fetchall()]
-                db.execute("DELETE FROM revisions WHERE unit = ? AND "
-                           "json_extract(data, '$.last_seen') < ?", (unit, cutoff))
-                # A deleted incident's thread and sent messages go with it; other sent messages
-                # after RETENTION of real time.
-                db.executemany("DELETE FROM threads WHERE incident_id = ?", gone)
-                db.executemany("DELETE FROM outbox WHERE incident_id = ? AND sent_at IS NOT NULL",
-                               gone)
-                db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
-                           "sent_at < ?", (unit, _ts(now - RETENTION)))
             created = _ts(now)
             db.executemany(
                 """INSERT OR IGNORE INTO outbox (key, unit, incident_id, payload, created_at)
@@ -301,6 +286,23 @@ class SQLiteStore:
                 [(m.key, unit, m.incident_id, json.dumps(m.to_json()), created)
                  for m in record.messages],
             )
+            if record.retain_after is not None:
+                cutoff = format_time(record.retain_after)
+                gone = [(i,) for (i,) in db.execute(
+                    "DELETE FROM incidents WHERE unit = ? AND status = 'resolved' AND "
+                    "json_extract(data, '$.resolved_at') < ? AND id NOT IN (SELECT incident_id "
+                    "FROM outbox WHERE sent_at IS NULL AND incident_id IS NOT NULL) RETURNING id",
+                    (unit, cutoff)).fetchall()]
+                db.execute("DELETE FROM revisions WHERE unit = ? AND "
+                           "json_extract(data, '$.last_seen') < ?", (unit, cutoff))
+                # A deleted incident's thread and sent messages go with it; other sent messages
+                # after RETENTION of real time. An incident with a message still to send (this
+                # cycle's, queued above, or an older one) stays: its thread is where it goes.
+                db.executemany("DELETE FROM threads WHERE incident_id = ?", gone)
+                db.executemany("DELETE FROM outbox WHERE incident_id = ? AND sent_at IS NOT NULL",
+                               gone)
+                db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
+                           "sent_at < ?", (unit, _ts(now - RETENTION)))
             db.execute("UPDATE leases SET polled_at = ? WHERE unit = ?", (created, unit))
             if record.summary:
                 self._set_meta(db, "last_cycle", record.summary)
