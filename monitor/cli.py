@@ -32,10 +32,11 @@ from monitor.config import (
     unit_name,
 )
 from monitor.config import parse_duration as _parse_duration
-from monitor.entries import MalformedEntry, parse_time
+from monitor.entries import EARLIEST, LATEST, MalformedEntry, parse_time
 from monitor.instance import instance_id
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
+from monitor.notify.safe import scrub
 from monitor.output import result_json, result_text
 from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError
@@ -66,7 +67,10 @@ class TimeParam(click.ParamType[datetime]):
             return value
         try:
             return parse_time(value)
-        except MalformedEntry:
+        except MalformedEntry as exc:
+            if "out of range" in str(exc):
+                self.fail(f"{value!r} is out of range (years {EARLIEST.year} to "
+                          f"{LATEST.year - 1})", param, ctx)
             self.fail(f"{value!r} is not an RFC3339 time (e.g. 2025-12-13T02:00:00Z)", param, ctx)
 
 
@@ -100,7 +104,32 @@ config_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; an error no command expected is one clear line and exit 3.
+
+    A deploy gate reads exit 1 as "an incident is open", so a crash must never exit 1 (Python's
+    default for a traceback). The traceback itself is logged at `--log-level DEBUG`.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            log.debug("unexpected error", exc_info=True)
+            detail = scrub(mask_url(" ".join(str(exc).split())))[:500]
+            _fail(EXIT_INCOMPLETE, f"unexpected error: {type(exc).__name__}: {detail} (the "
+                                   "traceback: --log-level DEBUG)")
+
+
+log_level_option = click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING", show_default=True, help="what is logged to stderr")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """monitor: a log-driven incident monitor for Cloud Run services."""
 
@@ -113,10 +142,11 @@ def main() -> None:
               "the latest entry of a file source")
 @click.option("--dry-run", is_flag=True, help="compute and print, send and save nothing")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@log_level_option
 def once(config_path: str | None, since: timedelta | None, now_: datetime | None,
-         dry_run: bool, fmt: str) -> None:
+         dry_run: bool, fmt: str, log_level: str) -> None:
     """Run one check; the exit code says whether anything is open (0 no, 1 yes)."""
-    _setup_logging()
+    _setup_logging(log_level.upper())
     config = _load(config_path)
     out = sys.stdout if fmt == "text" else sys.stderr
     notifier = notify.build(config, out)
@@ -258,10 +288,12 @@ def run(config_path: str | None, log_level: str) -> None:
 @main.command()
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def status(config_path: str | None, fmt: str) -> None:
+@log_level_option
+def status(config_path: str | None, fmt: str, log_level: str) -> None:
     """Show incidents, revisions, the checkpoint and the last check, from the store only."""
     from monitor.status import status_report, status_text
 
+    _setup_logging(log_level.upper())
     config = _load(config_path)
     store = _open_store(config)
     try:
@@ -279,10 +311,13 @@ def status(config_path: str | None, fmt: str) -> None:
               "last check")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "html", "json"]),
               default="markdown", show_default=True)
-def report(incident: str | None, config_path: str | None, since: timedelta, fmt: str) -> None:
+@log_level_option
+def report(incident: str | None, config_path: str | None, since: timedelta, fmt: str,
+           log_level: str) -> None:
     """Write up one incident (or every one in the period), from the store only."""
     from monitor import report as write_up
 
+    _setup_logging(log_level.upper())
     config = _load(config_path)
     store = _open_store(config)
     try:

@@ -13,6 +13,7 @@ the few forms Slack defines and never taken from log text, which the renderer al
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -48,16 +50,21 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# No duration the monitor uses is longer; anything past it is a typo (`1000000d`), and a date
+# that far from now would overflow `datetime`.
+MAX_DURATION = timedelta(days=3650)
+
+
 def parse_duration(value: Any) -> timedelta:
-    """"30s", "5m", "2h", "1d", "1h30m", or a number of seconds."""
+    """"30s", "5m", "2h", "1d", "1h30m", or a number of seconds; at most MAX_DURATION."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"invalid duration {value!r}: must not be negative")
-        return timedelta(seconds=value)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"invalid duration {value!r}: must be a number of seconds >= 0")
+        return _bounded(value, value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         pos, total = 0, 0.0
@@ -67,8 +74,20 @@ def parse_duration(value: Any) -> timedelta:
             total += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if text and pos == len(text):
-            return timedelta(seconds=total)
+            return _bounded(total, value)
     raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 5m, 2h, 1d)")
+
+
+def _bounded(seconds: float, value: Any) -> timedelta:
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"invalid duration {value!r}: at most {format_duration(MAX_DURATION)}")
+    return timedelta(seconds=seconds)
+
+
+def _not_zero(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"invalid duration {format_duration(value)!r}: must be more than 0s")
+    return value
 
 
 def format_duration(d: timedelta) -> str:
@@ -89,6 +108,8 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
+# Where zero means nothing (a poll interval, a window, a timeout): more than 0s.
+PositiveDuration = Annotated[Duration, AfterValidator(_not_zero)]
 
 
 class _Model(BaseModel):
@@ -145,7 +166,7 @@ class SourceConfig(_Model):
     max_pages_per_cycle: Annotated[int, Field(ge=1)] = 20
     # Request logs can be most of the volume: read this fraction of them (sample(insertId, f)).
     request_sample: Annotated[float, Field(gt=0, le=1)] = 1.0
-    timeout: Duration = timedelta(seconds=30)  # per request; retries stay inside the cycle
+    timeout: PositiveDuration = timedelta(seconds=30)  # per request; retries stay inside the cycle
     failures_before_alert: Annotated[int, Field(ge=1)] = 3  # failed cycles before "cannot read"
 
     @model_validator(mode="after")
@@ -156,7 +177,7 @@ class SourceConfig(_Model):
 
 
 class PollConfig(_Model):
-    interval: Duration = timedelta(seconds=60)
+    interval: PositiveDuration = timedelta(seconds=60)
     max_lateness: Duration = timedelta(minutes=10)
     first_lookback: Duration = timedelta(hours=1)
 
@@ -168,7 +189,7 @@ class SignalConfig(_Model):
     match: Regex  # RE2 (monitor.regex): linear time, the Logging query's dialect
     severity: Literal["critical", "high", "warning", "info"] = "critical"
     open_after: Annotated[int, Field(ge=1)] = 1
-    window: Duration = timedelta(minutes=5)
+    window: PositiveDuration = timedelta(minutes=5)
     resolve_after: Duration = timedelta(minutes=15)
     channel: Channel | None = None  # this signal's incidents go here instead of slack.channel
     mention: Mention = None  # who the opening alert pings; falls back to slack.mention
@@ -215,7 +236,7 @@ class SlackConfig(_Model):
     min_interval: Duration = timedelta(seconds=1)  # between messages to one channel
     # A request's time limit; also how long a message whose send was interrupted stays "in
     # doubt" (it may still land) before the channel is searched for it.
-    timeout: Duration = timedelta(seconds=10)
+    timeout: PositiveDuration = timedelta(seconds=10)
 
     @field_validator("webhook_url")
     @classmethod
@@ -427,18 +448,31 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read and validate config.yaml; a relative `source.path` is taken from the file's folder."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8: {not_utf8(raw, exc)}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ConfigError(f"{p}: not a usable value: {exc}") from None
     config = parse_config(data, env)
     if config.source.path is not None and not config.source.path.is_absolute():
         source = config.source.model_copy(update={"path": p.parent / config.source.path})
         config = config.model_copy(update={"source": source})
     return config
+
+
+def not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a decode failed, as an editor shows it: `byte 0xff at line 3, column 7`."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8", "replace"))
+    return f"byte 0x{data[exc.start]:02x} at line {line}, column {column + 1}"
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> str:
@@ -447,11 +481,17 @@ def default_config_path(env: Mapping[str, str] | None = None) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.I)
+# libpq takes a password as a URL parameter (`?password=`) or a conninfo pair (`password=...`).
+_PARAM_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"&]+)""", re.I)
 
 
 def mask_url(url: str) -> str:
-    """postgresql://monitor:hunter2@db/x -> postgresql://monitor:***@db/x"""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    """A database URL (or any text holding one) without its password, in every form libpq takes:
+    `postgresql://monitor:hunter2@db/x` -> `postgresql://monitor:***@db/x`, and
+    `...?password=hunter2` or `password=hunter2` -> `password=***`. The one redaction of a
+    URL: check-config, once, status, report, the store's errors and the logs all use it."""
+    url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    return _PARAM_PASSWORD.sub(r"\1***", url)
 
 
 def masked(config: Config) -> dict[str, Any]:

@@ -12,6 +12,7 @@ test holds it equal to `normalise` for every kind of entry.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,7 +83,24 @@ def parse_time(value: str) -> datetime:
         raise MalformedEntry(f"bad timestamp {value!r}") from exc
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC)
+    try:
+        return checked_time(t.astimezone(UTC))
+    except OverflowError:  # year 1 with a positive offset
+        raise MalformedEntry(f"timestamp {value!r} is out of range") from None
+
+
+# The times the monitor reasons about. Outside them an entry cannot be real (Cloud Logging keeps
+# entries for at most 10 years), and a window or lookback around it would overflow `datetime`.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def checked_time(t: datetime) -> datetime:
+    """`t`, or MalformedEntry when it lies outside EARLIEST .. LATEST."""
+    if not EARLIEST <= t < LATEST:
+        raise MalformedEntry(f"timestamp {t.isoformat()} is out of range "
+                             f"({EARLIEST.year}..{LATEST.year - 1})")
+    return t
 
 
 def format_time(t: datetime | None) -> str | None:
@@ -132,13 +150,24 @@ def origin(log_name: str, resource_labels: Mapping[str, Any]) -> Origin:
     """The same for every entry of one log of one revision, so a source may cache it."""
     revision = resource_labels.get("revision_name") or None
     service = resource_labels.get("service_name") or resource_labels.get("job_name") or None
+    project = _project(log_name, resource_labels)
     return Origin(
         kind=_kind(log_name),
-        project=_project(log_name, resource_labels),
-        service=str(service) if service else None,
-        revision=str(revision) if revision else None,
-        location=str(resource_labels.get("location") or "") or None,
+        project=_name(project) if project else None,
+        service=_name(service) if service else None,
+        revision=_name(revision) if revision else None,
+        location=_name(resource_labels.get("location") or "") or None,
     )
+
+
+def _name(value: Any) -> str:
+    """A name as text that any store can hold: a lone surrogate (a JSON export may escape one,
+    `"\\ud800"`) becomes U+FFFD; SQLite and PostgreSQL refuse to encode it, on every commit."""
+    text = str(value)
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # Where real loggers put an error's text in a structured (JSON) line, in the order they are
@@ -266,8 +295,10 @@ def from_json(obj: Any) -> LogEntry:
     if not isinstance(obj, Mapping):
         raise MalformedEntry(f"entry is a {type(obj).__name__}, not an object")
     ts = obj.get("timestamp") or obj.get("receiveTimestamp")
-    if not isinstance(ts, str):
+    if ts is None:
         raise MalformedEntry("entry has no timestamp")
+    if not isinstance(ts, str):
+        raise MalformedEntry(f"timestamp is not an RFC 3339 string: {ts!r:.40}")
     log_name = obj.get("logName")
     if not isinstance(log_name, str) or not log_name:
         raise MalformedEntry("entry has no logName")

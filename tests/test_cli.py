@@ -179,6 +179,19 @@ def test_check_config_masks_secrets(tmp_path):
     assert "token: '***'" in result.stdout
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://monitor@10.0.0.3/monitor?password=hunter2&sslmode=require",
+    "postgresql://monitor:hunter2@10.0.0.3/monitor",
+    "postgresql://monitor@/monitor?host=/cloudsql/p:r:i&password=hunter2",
+])
+def test_check_config_masks_a_database_password_in_every_form(tmp_path, url):
+    config = write_config(tmp_path, [], "")
+    config.write_text(config.read_text().replace(f"sqlite:///{tmp_path}/state.db", url))
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output and "***" in result.stdout
+
+
 def test_console_script_is_installed_and_runs(tmp_path):
     config = write_config(tmp_path, small_incident())
     proc = subprocess.run([sys.executable, "-m", "monitor", "once", "--config", str(config),

@@ -5,8 +5,14 @@ still owed. Each exit code means what DESIGN.md and the README say, and nothing 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import timedelta
 
+import pytest
+from click.testing import CliRunner
+
+from monitor.cli import main
 from monitor.store import open_store
 from tests.helpers import small_incident
 from tests.test_cli import once, roots, slack_config, write_config
@@ -49,3 +55,90 @@ def test_a_unit_led_by_another_instance_is_checked_read_only_and_says_so(tmp_pat
         assert once(config).exit_code == 0  # free again: a normal check
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("what", ["garbage", "truncated", "directory"])
+@pytest.mark.parametrize("command", ["once", "status", "report"])
+def test_a_state_path_that_is_not_a_monitor_database_exits_3_and_says_so(tmp_path, what,
+                                                                           command):
+    config = write_config(tmp_path, small_incident())
+    state = tmp_path / "state.db"
+    if what == "truncated":
+        assert once(config).exit_code == 0
+        data = state.read_bytes()
+        for extra in ("-wal", "-shm"):
+            (tmp_path / f"state.db{extra}").unlink(missing_ok=True)
+        state.write_bytes(data[: len(data) // 3])
+    elif what == "garbage":
+        state.write_bytes(b"not a database, but long enough to have a header" * 10)
+    else:
+        state.mkdir()
+    result = CliRunner().invoke(main, [command, "--config", str(config)])
+    assert result.exit_code == 3, result.output
+    assert "not a monitor database" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_an_unexpected_error_is_one_line_and_exit_3_never_1(tmp_path, monkeypatch):
+    """Python exits 1 on a traceback, which a deploy gate reads as "an incident is open"."""
+    import monitor.cli
+
+    config = write_config(tmp_path, small_incident())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in\nthe middle postgresql://u:hunter2@db/x")
+
+    monkeypatch.setattr(monitor.cli, "run_cycle", broken)
+    result = CliRunner().invoke(main, ["once", "--config", str(config)])
+    assert result.exit_code == 3
+    assert result.stderr == ("monitor: unexpected error: RuntimeError: boom in the middle "
+                             "postgresql://u:***@db/x (the traceback: --log-level DEBUG)\n")
+
+
+def test_the_traceback_of_an_unexpected_error_is_logged_at_debug(tmp_path):
+    config = write_config(tmp_path, small_incident())
+    code = ("import sys, monitor.cli\n"
+            "def broken(*a, **k): raise RuntimeError('boom')\n"
+            "monitor.cli.run_cycle = broken\n"
+            "sys.argv = ['monitor', 'once', '--config', sys.argv[1], '--log-level', 'DEBUG']\n"
+            "monitor.cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 3
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.rstrip().endswith("RuntimeError: boom (the traceback: --log-level DEBUG)")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--now", "0001-01-01T00:00:00Z"], "'0001-01-01T00:00:00Z' is out of range"),
+    (["--now", "9999-12-31T00:00:00Z"], "is out of range (years 1900 to 2999)"),
+    (["--since", "1000000d"], "invalid duration '1000000d': at most 3650d"),
+    (["--since", "99999999999999999d"], "at most 3650d"),
+])
+def test_clock_and_lookback_out_of_range_are_usage_errors(tmp_path, args, message):
+    config = write_config(tmp_path, small_incident())
+    result = once(config, *args)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_entries_no_clock_can_hold_are_skipped_and_counted(tmp_path):
+    entries = small_incident()
+    bad = [dict(entries[0], insertId="y1", timestamp="0001-01-01T00:00:00Z"),
+           dict(entries[0], insertId="y9", timestamp="9999-12-31T23:59:59Z"),
+           dict(entries[0], insertId="int", timestamp=1733349791)]
+    config = write_config(tmp_path, [*entries, *bad])
+    result = once(config, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stats"]["entries_skipped"] == 3
+
+
+def test_a_lone_surrogate_in_a_revision_name_commits_and_commits_again(tmp_path):
+    entries = [dict(e, resource={**e["resource"], "labels": {
+        **e["resource"]["labels"], "revision_name": "spector-\ud800"}}) for e in small_incident()]
+    config = write_config(tmp_path, entries)
+    first = once(config, "--format", "json")
+    assert first.exit_code == 0, first.output
+    assert once(config).exit_code == 0  # the next run of the same export too
+    (incident,) = json.loads(first.stdout)["incidents"]
+    assert incident["revisions"] == {"spector-\ufffd": 2}

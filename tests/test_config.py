@@ -222,3 +222,47 @@ def test_a_pattern_that_backtracks_forever_in_python_re_runs_in_linear_time(tmp_
                          timeout=60, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr
     assert out.stderr == ""  # RE2 logs nothing of its own
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"poll__interval": "1000000d"}, "poll.interval: invalid duration '1000000d': "
+                                     "at most 3650d"),
+    ({"signals__0__window": "99999999999999999d"}, "signals[0].window: invalid "
+                                                   "duration '99999999999999999d': at most"),
+    ({"poll__interval": "0s"}, "poll.interval: invalid duration '0s': must be "
+                               "more than 0s"),
+    ({"signals__0__window": 0}, "signals[0].window: invalid duration '0s'"),
+    ({"slack": {"timeout": "0s"}}, "slack.timeout: invalid duration '0s'"),
+    ({"source__timeout": "0ms"}, "source.timeout: invalid duration '0s'"),
+    ({"poll__interval": float("nan")}, "poll.interval: invalid duration nan"),
+])
+def test_durations_out_of_range_name_the_key(changes, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(with_(**changes), env={})
+    assert message in str(exc.value)
+
+
+def test_zero_stays_valid_where_it_means_something():
+    config = parse_config(with_(poll__max_lateness="0s", slack={"update_every": "0s",
+                                                                "min_interval": "0s"}), env={})
+    assert config.poll.max_lateness == timedelta(0)
+
+
+def test_a_config_that_is_not_utf8_says_where(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"services: [spector]\nsignals:\n  - name: caf\xe9\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert str(exc.value) == f"{path}: not UTF-8: byte 0xe9 at line 3, column 14"
+    path.write_bytes(b"services: [spector]\n# \xc3\xa9 \xff\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert str(exc.value).endswith("byte 0xff at line 2, column 5")  # columns count characters
+
+
+def test_a_number_too_long_for_python_is_a_config_error(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("services: [spector]\npoll: {interval: " + "9" * 5000 + "}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert "not a usable value" in str(exc.value)

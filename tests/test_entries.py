@@ -89,3 +89,25 @@ def test_time_formats():
     assert format_time(parse_time("2025-12-04T21:03:11Z")) == "2025-12-04T21:03:11Z"
     assert format_time(parse_time("2025-12-04T21:03:11.5Z")) == "2025-12-04T21:03:11.500000Z"
     assert format_time(None) is None
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z",
+                                "0001-01-01T00:30:00+01:00", "1899-12-31T23:59:59Z"])
+def test_a_timestamp_no_entry_can_have_is_malformed(ts):
+    with pytest.raises(MalformedEntry, match="out of range"):
+        from_json(entry(timestamp=ts))
+
+
+def test_an_integer_timestamp_is_named_for_what_it_is():
+    with pytest.raises(MalformedEntry, match="timestamp is not an RFC 3339 string: 1733349791"):
+        from_json(entry(timestamp=1733349791))
+    with pytest.raises(MalformedEntry, match="entry has no timestamp"):
+        from_json({k: v for k, v in entry().items()
+                   if k not in ("timestamp", "receiveTimestamp")})
+
+
+def test_a_lone_surrogate_in_a_name_becomes_a_replacement_character():
+    labels = {**RESOURCE["labels"], "revision_name": "spector-\ud800x", "service_name": "s\udfff"}
+    e = from_json(entry(resource={"type": "cloud_run_revision", "labels": labels}))
+    assert (e.service, e.revision) == ("s\ufffd", "spector-\ufffdx")
+    e.revision.encode("utf-8")  # what a store does with it

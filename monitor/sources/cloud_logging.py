@@ -39,6 +39,7 @@ from monitor.entries import (
     MalformedEntry,
     Origin,
     audit_text,
+    checked_time,
     from_json,
     json_message,
     json_text,
@@ -167,7 +168,7 @@ class _Grpc:
         for pb in page.items:
             try:
                 entries.append(_from_pb(pb))
-            except (MalformedEntry, ValueError, TypeError) as exc:
+            except (MalformedEntry, ValueError, TypeError, OverflowError) as exc:
                 skipped += 1
                 log.warning("projects/%s: entry %s skipped: %s", self.project, pb.insert_id, exc)
         return entries, skipped
@@ -275,7 +276,7 @@ def _from_pb(pb: Any) -> LogEntry:
         text = text or f"{pb.http_request.request_method} {http_url or ''} {http_status}".strip()
     where = _origin(log_name, pb.resource.SerializeToString())
     return LogEntry(
-        insert_id, log_name, _pb_time(pb.timestamp),
+        insert_id, log_name, checked_time(_pb_time(pb.timestamp)),
         _pb_time(pb.receive_timestamp) if pb.HasField("receive_timestamp") else None,
         _severity.get(pb.severity, "DEFAULT"), where.kind, where.project, where.service,
         where.revision, pb.labels.get("instanceId") or None, text, http_status, raw,

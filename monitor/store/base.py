@@ -32,6 +32,11 @@ from monitor.sources.base import Checkpoint
 RETENTION = timedelta(days=30)
 
 
+class NotAMonitorDatabase(OSError):
+    """The state path holds something that is not a usable monitor database: garbage, a
+    truncated file, a directory. An OSError, so every command reports it as a store failure."""
+
+
 class LeaseLost(Exception):
     """A write was refused: the unit's lease is no longer this holder's. Nothing of that write
     happened."""

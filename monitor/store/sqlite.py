@@ -28,6 +28,7 @@ from monitor.store.base import (
     CycleRecord,
     Lease,
     LeaseInfo,
+    NotAMonitorDatabase,
     Queued,
     Sent,
     check_fence,
@@ -159,12 +160,20 @@ class SQLiteStore:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
         # check_same_thread=False: `monitor run` opens the store in the main thread and uses it
         # from the scheduler's worker, one at a time (max_instances=1), never concurrently.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._written: dict[str, str] = {}  # document key -> JSON as stored
-        self.migrate()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            # A truncated file opens, and fails at the first page it lacks, mid-cycle: find out
+            # now. It reads every page once (milliseconds for a month of state).
+            (verdict,) = self._db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+            self._written: dict[str, str] = {}  # document key -> JSON as stored
+            self.migrate()
+        except sqlite3.DatabaseError as exc:  # garbage, truncated, a directory, unreadable
+            raise NotAMonitorDatabase(f"{path}: not a monitor database ({exc})") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
