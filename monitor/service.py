@@ -4,6 +4,8 @@ Rules:
 - The cycle is `check.run_cycle`, the same one `monitor once` runs; this module only schedules
   it (APScheduler: one at a time, a late run coalesces, never piles up), watches it, and serves
   `/healthz`, `/readyz` and `/metrics`.
+- Slow or idle clients cannot starve the probes: `http_server.HTTPServer` answers them with a
+  fixed pool of threads, a bounded queue and a deadline for each request head.
 - A cycle that raises is logged with its traceback and counted; the next one runs on time.
 - Each tick first renews this instance's leases and rebalances (leadership.py), then checks only
   the units it leads; an instance that leads nothing is a healthy standby. /healthz and /metrics
@@ -15,8 +17,8 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import FrameType
 from typing import Any
 
@@ -38,8 +40,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor import notify, sources
-from monitor.check import Cancelled, run_cycle
+from monitor.check import Cancelled, ClockBehind, run_cycle
 from monitor.config import Config, format_duration, unit_name
+from monitor.http_server import (
+    HTTP_QUEUE,
+    HTTP_WORKERS,
+    READ_TIMEOUT,
+    AddressError,
+    HTTPServer,
+    listen_address,
+)
 from monitor.instance import instance_id
 from monitor.leadership import Change, Leadership
 from monitor.metrics import Metrics
@@ -165,6 +175,11 @@ class Service:
         except Cancelled as exc:
             log.info("check of %s abandoned: %s; the next run re-reads it", name, exc)
             return
+        except ClockBehind as exc:  # the host's clock stepped back: wait until it passes
+            self.health.last_error = str(exc)
+            self.health.failures += 1
+            log.warning("no check of %s: %s", name, exc)
+            return
         except LeaseLost as exc:
             self._lost(name, exc)
             return
@@ -213,11 +228,23 @@ class Service:
 
     # --- running -------------------------------------------------------------------------
 
+    def listen(self, host: str, port: int, *, timeout: float = READ_TIMEOUT,
+               workers: int = HTTP_WORKERS, waiting: int = HTTP_QUEUE) -> HTTPServer:
+        """Bind and serve the HTTP endpoints on a thread of their own; AddressError if the
+        address cannot be used."""
+        try:
+            http = HTTPServer((host, port), _handler(self), timeout=timeout, workers=workers,
+                              waiting=waiting)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressError(f"port {port} is already in use") from exc
+            raise AddressError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        threading.Thread(target=http.serve_forever, name="http", daemon=True).start()
+        return http
+
     def serve(self, host: str, port: int) -> None:
         """Run until SIGTERM or SIGINT, then shut down within Cloud Run's grace period."""
-        http = ThreadingHTTPServer((host, port), _handler(self))
-        http.daemon_threads = True
-        threading.Thread(target=http.serve_forever, name="http", daemon=True).start()
+        http = self.listen(host, port)
         interval = self.config.poll.interval.total_seconds()
         scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": max(int(interval), 1)})
@@ -247,7 +274,7 @@ class Service:
             scheduler.shutdown(wait=False)
             self.shutdown(http)
 
-    def shutdown(self, http: ThreadingHTTPServer | None = None) -> None:
+    def shutdown(self, http: HTTPServer | None = None) -> None:
         self.stop.set()
         self.health.stopping = True
         if not self.idle.wait(JOB_GRACE):
@@ -276,6 +303,15 @@ class Service:
 
 def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        server: HTTPServer
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.settimeout(self.server.timeout_s)  # every read and write on it
+
+        def parse_request(self) -> bool:  # reads the headers; False: nothing to answer
+            return super().parse_request() and self.server.head_read(self.connection)
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
@@ -287,6 +323,8 @@ def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
                 self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
             else:
                 self._page(path)
+
+        do_HEAD = do_GET  # the same status and headers; _send leaves the body out
 
         def _page(self, path: str) -> None:
             """`/` and `/incidents/<id>`: read-only pages, each on its own store connection."""
@@ -313,24 +351,13 @@ def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http: " + format, *args)
 
     return Handler
-
-
-def listen_address(env: dict[str, str] | None = None) -> tuple[str, int]:
-    """$PORT (Cloud Run sets it), default 8080; all interfaces only on Cloud Run ($K_SERVICE),
-    else loopback, unless MONITOR_HTTP_HOST says otherwise."""
-    env = dict(os.environ) if env is None else env
-    host = env.get("MONITOR_HTTP_HOST") or ("0.0.0.0" if env.get("K_SERVICE") else "127.0.0.1")
-    try:
-        port = int(env.get("PORT") or 8080)
-    except ValueError:
-        raise ValueError(f"PORT: not a port number: {env.get('PORT')!r}") from None
-    return host, port
 
 
 def check_slack(notifier: Notifier) -> None:
@@ -347,11 +374,16 @@ def check_slack(notifier: Notifier) -> None:
     try:
         log.info("Slack: authenticated as %s", notifier.check_auth())
     except DeliveryError as exc:
-        log.error("Slack: the token does not work (%s); notifications will wait in the outbox "
-                  "until it does", exc)
+        if exc.retryable:  # unreachable, timed out, 5xx: nothing is known about the token
+            log.error("Slack: cannot be reached (%s); notifications will wait in the outbox "
+                      "until it can", exc)
+        else:
+            log.error("Slack: the token does not work (%s); notifications will wait in the "
+                      "outbox until it does", exc)
 
 
 def run(config: Config, store: Store) -> None:
+    host, port = listen_address()  # a bad $PORT is said before anything else happens
     service = Service(config, store, notify.build(config, sys.stdout, timeout=5))
     check_slack(service.notifier)
-    service.serve(*listen_address())
+    service.serve(host, port)

@@ -11,8 +11,9 @@ import pytest
 
 from monitor import logs
 from monitor.config import parse_config
+from monitor.http_server import listen_address
 from monitor.notify.console import ConsoleNotifier
-from monitor.service import Health, Service, listen_address
+from monitor.service import Health, Service
 from monitor.store import open_store
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -125,3 +126,9 @@ def test_a_bad_slack_token_is_reported_at_start_up(caplog):
         check_slack(SlackNotifier("xoxb-wrong-token", base_url=slack.base_url))
         assert "the token does not work" in caplog.text
         assert "xoxb-wrong-token" not in caplog.text
+        url = slack.base_url
+    # the server is gone: Slack is unreachable, which says nothing about the token
+    caplog.clear()
+    check_slack(SlackNotifier(slack.token, base_url=url, timeout=2))
+    assert "Slack: cannot be reached (cannot reach Slack" in caplog.text
+    assert "token does not work" not in caplog.text and slack.token not in caplog.text
