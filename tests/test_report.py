@@ -191,3 +191,21 @@ def test_the_slack_checklist_of_a_migration_incident_shows_the_checks_that_apply
     assert checks[0] == (":white_check_mark: migrate deploy succeeded on spector-00044-mop at "
                          "2025-12-13 01:06 UTC")
     assert not any("quiet" in c or "no migration-failed since" in c for c in checks)
+
+
+def test_matplotlib_warnings_never_reach_stderr(config_path: Path, tmp_path: Path) -> None:
+    """An MPLCONFIGDIR it cannot use makes matplotlib warn while it is imported; a chart with a
+    single point warns about identical axis limits. Neither is the user's business."""
+    import os
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    env = {**os.environ, "MPLCONFIGDIR": str(blocked / "mpl")}
+    proc = subprocess.run([sys.executable, "-m", "monitor", "report", "--config",
+                           str(config_path), "--format", "html"], capture_output=True,
+                          text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.count("<svg") >= 2

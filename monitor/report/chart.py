@@ -16,21 +16,27 @@ Rules:
 from __future__ import annotations
 
 import io
+import logging
 import re
+import warnings
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import matplotlib
-import matplotlib.dates as mdates_untyped
-from matplotlib.backends.backend_svg import FigureCanvasSVG
-from matplotlib.figure import Figure
 
 from monitor.config import Config
 from monitor.correlate.model import IncidentKind
 from monitor.entries import EntryKind
 from monitor.report.facts import IncidentReport
 from monitor.sources.base import ReadStats, Window
+
+# Before the import, which warns while importing (a config directory it cannot write, the font
+# cache): matplotlib's own state is not the user's business, only an error is.
+logging.getLogger("matplotlib").setLevel(logging.ERROR)
+
+import matplotlib  # noqa: E402
+import matplotlib.dates as mdates_untyped  # noqa: E402
+from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 mdates: Any = mdates_untyped  # its functions are untyped (mypy --strict)
 Series = dict[str, list[datetime]]  # revision -> times of its matches
@@ -89,7 +95,10 @@ def timeline_svg(rep: IncidentReport, series: Series | None) -> str:
     end = max([inc.resolved_at or inc.last_seen, *(e.at for e in rep.timeline)])
     span = max(end - start, timedelta(minutes=10))
     size = bucket_size(span)
-    with matplotlib.rc_context(RC):
+    # matplotlib's own warnings (a cache directory it cannot write, a glyph it lacks, identical
+    # axis limits) are about the drawing, not the incident: they never reach the user's stderr.
+    with matplotlib.rc_context(RC), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         fig = Figure(figsize=(9, 3.2), dpi=100)
         FigureCanvasSVG(fig)
         ax = fig.add_subplot()
