@@ -116,7 +116,8 @@ class Service:
         self.idle.set()
         self.health = Health(self.config.poll.interval, self.clock())
         self.leadership = Leadership(self.store, self.holder, self.config.unit_names,
-                                     self.config.lease, self.config.poll.interval)
+                                     self.config.lease, self.config.poll.interval,
+                                     sleep=self.stop.wait)
         limiters: dict[str | None, RateLimiter] = {}
         self.sources: list[tuple[str, Any, Source]] = []
         for unit in self.config.units:
@@ -167,7 +168,8 @@ class Service:
         now = self.clock()
         try:
             result = run_cycle(
-                self.config, self.store, source, self.notifier, unit=name,
+                self.config, self.store, self.leadership.guard(name, source), self.notifier,
+                unit=name,
                 services=unit.services, project=unit.project, now=now,
                 default_lookback=self.config.poll.first_lookback if source.live else None,
                 stop=self.stop, lease=self.leadership.held[name],

@@ -7,6 +7,8 @@
         proxy.drop_on(b"COMMIT")                  # the client's next COMMIT never arrives
         proxy.drop_on(b"COMMIT", deliver=True)    # it arrives and runs; its answer is lost
         proxy.drop_on(b"COMMIT", after=b"INSERT INTO meta")  # the COMMIT of such a transaction
+        proxy.drop_on(b"COMMIT", hold=True)       # never arrives, and the server is not told:
+                                                  # its session stays "idle in transaction"
 
 A rule looks at what the client sends (PostgreSQL messages carry their SQL as text), so a test
 can cut a connection at an exact point of a transaction. Loopback only; threads; no
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 class _Rule:
     pattern: bytes
     deliver: bool  # forward the matching data first (it runs), then lose the answer
+    hold: bool  # cut only the client's side: the server's session lives on, as if partitioned
     times: int
     after: bytes | None  # armed on a connection once it has sent this
 
@@ -61,6 +64,9 @@ class _Link:
                     if b"COMMIT" in data:
                         self.sent.clear()
                     if rule is not None:
+                        if rule.hold:
+                            self._hold()
+                            return
                         if rule.deliver:
                             self.mute = True
                             dst.sendall(data)
@@ -72,6 +78,16 @@ class _Link:
         except OSError:
             pass
         self.close()
+
+    def _hold(self) -> None:
+        """Close the client's side only; the upstream stays open until the server ends it or
+        the proxy closes (`drop_all`)."""
+        self.mute = True
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_RDWR)
+        self.client.close()
+        with self.proxy._lock:
+            self.proxy.held += 1
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +107,7 @@ class PgProxy:
         self.deliver_grace = 0.3  # seconds a delivered, answer-lost message gets to run
         self.connections = 0  # accepted and passed on, in all
         self.dropped = 0  # live connections closed by drop_all() or a rule
+        self.held = 0  # of those, cut by a `hold` rule: the server's side left open
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._rules: list[_Rule] = []
@@ -124,13 +141,16 @@ class PgProxy:
         server or a closed port); connections already open are left alone."""
         self._refuse_until = time.monotonic() + seconds
 
-    def drop_on(self, pattern: bytes, *, deliver: bool = False, times: int = 1,
-                after: bytes | None = None) -> None:
+    def drop_on(self, pattern: bytes, *, deliver: bool = False, hold: bool = False,
+                times: int = 1, after: bytes | None = None) -> None:
         """Cut the connection the next `times` the client sends data containing `pattern`
         (in a transaction that has sent `after`, if given): before it reaches the server, or
-        (`deliver`) after the server got it, losing the answer."""
+        (`deliver`) after the server got it, losing the answer. With `hold`, the data never
+        reaches the server and only the client's side is cut: the server's session stays
+        open, in its transaction, until the server ends it or `drop_all` closes it."""
+        assert not (deliver and hold), "a held message is never delivered"
         with self._lock:
-            self._rules.append(_Rule(pattern, deliver, times, after))
+            self._rules.append(_Rule(pattern, deliver, hold, times, after))
 
     def clear_rules(self) -> int:
         """Forget the rules that have not fired. Returns how many there were."""

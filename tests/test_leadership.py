@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from monitor.check import Cancelled
 from monitor.correlate.state import State
 from monitor.instance import gone_locally, instance_id
 from monitor.leadership import Change, Leadership, Plan, plan
+from monitor.sources.base import ReadStats, Window
 from monitor.store import open_store
-from monitor.store.base import CycleRecord, Lease
+from monitor.store.base import CycleRecord, Lease, LeaseLost
 from tests.test_store import claim_when_expired, wait_until
 
 UNITS = ["u1", "u2", "u3"]
@@ -132,6 +135,94 @@ def test_due(polled_ago, fresh, due):
                       fresh={"u1"} if fresh else set())
     assert held.due("u1") is due
     assert held.due("u2") is False  # not held
+
+
+# --- reads: at most one per interval, hand-overs included ------------------------------------
+
+
+class Recorded:
+    """A source that records when it was read."""
+
+    live = True
+
+    def __init__(self) -> None:
+        self.reads: list[float] = []
+
+    def read(self, window, stats):
+        self.reads.append(time.monotonic())
+        yield from ()
+
+
+def test_a_leader_paused_past_its_lease_does_not_read_on_waking(stores):
+    """Paused (SIGSTOP) between its renewal and its read, long enough for another instance to
+    take the unit over: on waking it must not read once more before noticing."""
+    a = leader(stores(), "a", ttl=timedelta(milliseconds=300), interval=timedelta(0))
+    a.refresh()
+    source = Recorded()
+    claim_when_expired(stores(), "c", "u1")  # a froze past its leases; c took one
+    with pytest.raises(LeaseLost, match="taken over before this read"):
+        list(a.guard("u1", source).read(Window(), ReadStats()))
+    assert source.reads == [] and "u1" not in a.held
+    list(a.guard("u2", source).read(Window(), ReadStats()))  # expired, but nobody took it
+    assert len(source.reads) == 1 and a.held["u2"].token == 1
+
+
+def test_a_read_needs_an_interval_of_lease_left(stores):
+    """A tick that outran its lease (the renewal came before a slow check of another unit)
+    renews before reading, so no instance can claim the unit within an interval of the read."""
+    a = leader(stores(), "a", ttl=timedelta(seconds=2), interval=timedelta(seconds=1))
+    a.refresh()
+    before = a.held["u1"].expires_at
+    a.clock = lambda: time.monotonic() + 1.5  # 1.5 s later: 0.5 s of lease left
+    a.reading("u1")
+    assert a.held["u1"].expires_at > before  # renewed first
+
+
+def test_a_unit_is_read_at_most_once_an_interval_by_its_leader(stores):
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        slept.append(seconds)
+        now[0] += seconds
+        return False
+
+    a = Leadership(store=stores(), holder="a", units=list(UNITS), ttl=HOUR, interval=MINUTE,
+                   sleep=sleep, clock=lambda: now[0])
+    a.refresh()
+    a.reading("u1")
+    now[0] += 45  # a tick that came early (a late one before it)
+    a.reading("u1")
+    assert slept == [15]
+    a.sleep = lambda seconds: True  # stopped while waiting
+    with pytest.raises(Cancelled):
+        a.reading("u1")
+
+
+@pytest.mark.parametrize("how", ["leave", "rebalance"])
+def test_a_unit_read_moments_ago_is_handed_over_an_interval_after_the_read(stores, how):
+    """A cycle that read and did not commit (abandoned at SIGTERM): `polled_at` is older than
+    that read, so the next leader must not get the unit before an interval has passed."""
+    interval = timedelta(milliseconds=600)
+    a = leader(stores(), "a", interval=interval)
+    a.refresh()
+    a.reading("u3")
+    read = time.monotonic()
+    b = leader(stores(), "b", interval=interval)
+    if how == "leave":
+        a.leave()
+        assert a.store.leases()[2].holder_alive is False  # a no longer counts
+    else:
+        b.refresh()  # b counts now: a releases u3, its surplus
+        assert a.refresh() == [Change("u3", "released", 1)]
+    taken: list[float] = []
+    while "u3" not in b.held:
+        b.refresh()
+        taken.append(time.monotonic())
+        assert taken[-1] - read < 5
+    assert taken[-1] - read >= interval.total_seconds()
+    assert len(taken) > 1  # it was not free at once
+    assert b.held["u3"].token == 2
 
 
 # --- gone_locally --------------------------------------------------------------------------

@@ -226,6 +226,76 @@ def test_a_lost_commit_of_a_delivery_attempt_is_looked_up_not_counted_twice(
     store.close()
 
 
+def test_a_lost_commit_whose_session_lives_on_is_ended_then_run_again_once(
+        proxied, proxy, pg_url, no_secret_logged):
+    """A delivery attempt's COMMIT never reaches the server, and the server is not told that
+    the connection is gone (a network partition): the old session stays "idle in transaction",
+    holding the row, and pg_xact_status says "in progress". The store ends that session (its
+    transaction aborts), finds it aborted and runs the attempt again: counted once."""
+    store = PostgresStore(proxied, backoff=0.01)
+    store.commit_cycle(state(), cycle(1, [msg(0)]))
+    queued = store.queued()[0]
+    old = store._session
+    proxy.drop_on(b"COMMIT", hold=True)
+    store.mark_attempt(queued)
+    assert proxy.held == 1
+    assert old is not None and store._session != old
+    assert direct(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                  (old[0],)) == [(0,)]
+    assert store.queued()[0].attempts == 1
+    assert direct(pg_url, "SELECT attempts FROM outbox") == [(1,)]
+    store.close()
+
+
+@pytest.mark.parametrize("cut", [b"COMMIT", b"INSERT INTO seen"])
+def test_a_lost_cycle_whose_session_lives_on_is_run_again_without_waiting_on_its_locks(
+        cut, proxied, proxy, pg_url, no_secret_logged):
+    """A cycle's connection is cut at its COMMIT, or in the middle, and the server keeps the
+    session open in its transaction, holding the rows it wrote. The re-run would wait on those
+    locks until the server noticed (hours); the store ends that session first."""
+    store = PostgresStore(proxied, backoff=0.01)
+    store.commit_cycle(state(), cycle(1))
+    proxy.drop_on(cut, hold=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (store.commit_cycle(state(), cycle(2)), done.set()),
+                     daemon=True).start()
+    assert done.wait(20), direct(pg_url, "SELECT pid, state, wait_event_type, query "
+                                         "FROM pg_stat_activity")
+    assert proxy.held == 1
+    assert checkpoint_of(pg_url) == "2025-12-04T21:02:00Z"
+    assert [k for _, k in outbox_of(pg_url)] == ["inc#1.0", "inc#2.0"]
+    store.close()
+
+
+def test_a_lost_commit_still_running_on_the_server_is_ended_then_run_again_once(
+        proxied, proxy, pg_url, no_secret_logged):
+    """The COMMIT reaches the server, but it is still running (a deferred trigger that takes
+    seconds stands in for a slow commit) when its answer is lost: "in progress". The store ends
+    the session before the commit completes, so it aborts, and the attempt is run again."""
+    store = PostgresStore(proxied, backoff=0.01)
+    store.commit_cycle(state(), cycle(1, [msg(0)]))
+    queued = store.queued()[0]
+    # Slow the first commit only: a sequence is not rolled back with the transaction.
+    direct(pg_url, "CREATE SEQUENCE slow_commits")
+    direct(pg_url, """CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                      BEGIN
+                          IF nextval('slow_commits') = 1 THEN PERFORM pg_sleep(30); END IF;
+                          RETURN NULL;
+                      END $$""")
+    direct(pg_url, "CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON outbox "
+                   "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
+    proxy.deliver_grace = 0.05
+    proxy.drop_on(b"COMMIT", deliver=True)
+    started = time.monotonic()
+    store.mark_attempt(queued)
+    assert time.monotonic() - started < 10  # not the 30 s of the trigger
+    assert proxy.dropped == 1
+    # the first run aborted (its sleep cut short), the second one committed
+    assert direct(pg_url, "SELECT last_value FROM slow_commits") == [(2,)]
+    assert store.queued()[0].attempts == 1
+    store.close()
+
+
 def test_a_server_away_for_a_while_is_waited_for(proxied, proxy, no_secret_logged):
     store = PostgresStore(proxied, attempts=6, backoff=0.1)
     proxy.drop_all()

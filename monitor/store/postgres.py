@@ -25,6 +25,12 @@ default: about 4 s of waiting, plus the connect timeout of each try):
 - A transaction that failed before its COMMIT was sent did not commit (the server rolls back a
   transaction whose connection is gone; psycopg raises OperationalError): it is re-run whole.
   So are deadlocks and serialization failures, which PostgreSQL rolled back.
+- A write whose connection was lost may still be running on the server: a partition leaves the
+  old session "idle in transaction" (or still in its COMMIT), holding its row locks, until the
+  server notices (its TCP keepalive: hours by default). Before such a write is looked up or run
+  again, that session (its pid and `backend_start`, read when the connection was made) is ended
+  with `pg_terminate_backend` and waited for: its transaction is then over, committed or aborted,
+  and the re-run does not wait on its locks.
 - A COMMIT whose answer was lost has an unknown outcome. `commit_cycle`, `mark_sent` and
   `mark_failed` are idempotent by design: upserts of whole documents, `INSERT ... ON CONFLICT DO
   NOTHING` for the seen keys and for the outbox (keyed by the message's idempotency key), a
@@ -205,7 +211,7 @@ _ROLLED_BACK = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 ATTEMPTS = 5  # tries per operation
 BACKOFF = 0.25  # seconds before the second try, doubling after each failed one
 MAX_BACKOFF = 2.0  # seconds between two tries at most
-STATUS_POLLS = 20  # looks at a lost commit's transaction that is still "in progress"
+SESSION_POLLS = 40  # looks, 0.05 s apart, at an ended session until the server has closed it
 
 
 class StoreError(Exception):
@@ -218,12 +224,9 @@ class StoreUnavailable(StoreError, OSError):
 
 # --- secrets ---------------------------------------------------------------------------------
 
-_CONNINFO_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"&]+)""", re.I)
-
-
 def mask(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` without passwords: in URLs, in `password=...` and the given values themselves."""
-    text = _CONNINFO_PASSWORD.sub(r"\1***", mask_url(text))
+    text = mask_url(text)
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
@@ -305,7 +308,7 @@ class PostgresStore:
         # main thread: one operation (and one transaction) at a time on the one connection.
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
-        self._pid: int | None = None
+        self._session: tuple[int, datetime] | None = None  # (pid, backend_start) of _conn
         self._closed = False
         self._written: dict[str, str] = {}  # document key -> JSON text as last loaded or written
         try:
@@ -323,8 +326,18 @@ class PostgresStore:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._discard()
-        conn = psycopg.connect(make_conninfo("", **self._params), autocommit=False)
-        self._conn, self._pid = conn, conn.info.backend_pid
+        # Autocommit for the one query that names the session: no transaction, no COMMIT.
+        conn = psycopg.connect(make_conninfo("", **self._params), autocommit=True)
+        try:
+            row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity "
+                               "WHERE pid = pg_backend_pid()").fetchone()
+            conn.autocommit = False
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        self._conn = conn
+        self._session = (int(row[0]), row[1]) if row else None
         return conn
 
     def _discard(self) -> None:
@@ -358,10 +371,13 @@ class PostgresStore:
         return StoreError(f"cannot {what} in PostgreSQL ({self.url}): "
                           f"{type(exc).__name__}: {self._masked(exc)}")
 
-    def _again(self, exc: BaseException, failures: int, what: str) -> int:
-        """Count a failed try; after the last one raise, else wait and let the caller retry."""
+    def _again(self, exc: BaseException, failures: int, what: str,
+               discard: bool = True) -> int:
+        """Count a failed try; after the last one raise, else wait and let the caller retry.
+        The connection is replaced, unless `discard` is false (the caller made a new one)."""
         failures += 1
-        self._discard()
+        if discard:
+            self._discard()
         if failures >= self._attempts:
             raise StoreUnavailable(
                 f"cannot {what}: PostgreSQL at {self.url} unavailable after {failures} "
@@ -385,7 +401,7 @@ class PostgresStore:
                     failures = self._again(exc, failures, what)
                     continue
                 xid: str | None = None
-                pid = self._pid
+                session = self._session
                 try:
                     with conn.cursor() as cur:
                         if write and not idempotent:
@@ -394,6 +410,11 @@ class PostgresStore:
                         result = work(cur)
                 except BaseException as exc:
                     self._rollback(conn)
+                    if write and self._lost(exc, conn):
+                        self._discard()
+                        self._end(session)  # on a new connection, which the re-run uses
+                        failures = self._again(exc, failures, what, discard=False)
+                        continue
                     if isinstance(exc, _ROLLED_BACK) or self._lost(exc, conn):
                         failures = self._again(exc, failures, what)
                         continue
@@ -409,34 +430,42 @@ class PostgresStore:
                     if not write:
                         self._discard()
                         return result  # what was read stands; the next call reconnects
-                    if not idempotent and xid is not None and self._committed(xid, pid, what):
-                        self._discard()
+                    self._discard()
+                    self._end(session)
+                    if not idempotent and xid is not None and self._committed(xid, what):
                         return result
                     # Not committed, or idempotent (re-running it changes nothing): again.
-                    failures = self._again(exc, failures, what)
+                    failures = self._again(exc, failures, what, discard=False)
                     continue
                 return result
 
-    def _committed(self, xid: str, pid: int | None, what: str) -> bool:
-        """After a lost COMMIT answer: did transaction `xid` commit? Raises when unknowable."""
-        for _ in range(STATUS_POLLS):
-            status = self._run(
-                lambda cur: _one(cur, "SELECT pg_xact_status(%s::xid8)", (xid,)),
-                what="look up a transaction's outcome")
-            if status in ("committed", "aborted"):
-                return bool(status == "committed")
-            if status is None:
-                break
-            # "in progress": the old backend has not noticed the loss yet; end it (a commit it
-            # has written stays committed) and look again.
-            self._run(lambda cur: cur.execute(
-                """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                   WHERE pid = %s AND backend_xid::text = (%s::xid8::text::numeric
-                         % 4294967296)::text""", (pid, xid)),
+    def _end(self, session: tuple[int, datetime] | None) -> None:
+        """After a write lost its connection: end that session if the server still runs it, and
+        wait until it is gone (a COMMIT it had begun completes first; a transaction it had not
+        committed aborts). If it outlives the wait, the caller's look-up or re-run finds out."""
+        if session is None:
+            return
+        for _ in range(SESSION_POLLS):
+            running = self._run(lambda cur: _one(
+                cur, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE pid = %s AND backend_start = %s", session),
                 what="end a disconnected session")
+            if running is None:
+                return
             time.sleep(0.05)
+        log.warning("PostgreSQL: the session of a lost connection (pid %d) is still running",
+                    session[0])
+
+    def _committed(self, xid: str, what: str) -> bool:
+        """After a lost COMMIT answer, its session ended: did transaction `xid` commit? Raises
+        when unknowable (the session outlived `_end`, or the server forgot the xid)."""
+        status = self._run(lambda cur: _one(cur, "SELECT pg_xact_status(%s::xid8)", (xid,)),
+                           what="look up a transaction's outcome")
+        if status in ("committed", "aborted"):
+            return bool(status == "committed")
         raise StoreError(f"cannot {what}: the outcome of its transaction is unknown "
-                         f"(PostgreSQL at {self.url}); the next cycle retries")
+                         f"({status or 'forgotten'}; PostgreSQL at {self.url}); the next cycle "
+                         "retries")
 
     # --- schema ----------------------------------------------------------------------------
 
@@ -589,25 +618,28 @@ class PostgresStore:
             if record.forget_before is not None:
                 cur.execute("DELETE FROM seen WHERE unit = %s AND ts < %s",
                             (unit, record.forget_before))
-            if record.retain_after is not None:
-                gone = [i for (i,) in cur.execute(
-                    "DELETE FROM incidents WHERE unit = %s AND status = 'resolved' AND "
-                    "(data->>'resolved_at')::timestamptz < %s RETURNING id",
-                    (unit, record.retain_after)).fetchall()]
-                cur.execute("DELETE FROM revisions WHERE unit = %s AND "
-                            "(data->>'last_seen')::timestamptz < %s",
-                            (unit, record.retain_after))
-                # A deleted incident's thread and sent messages go with it; other sent messages
-                # after RETENTION of real time.
-                cur.execute("DELETE FROM threads WHERE incident_id = ANY(%s::text[])", (gone,))
-                cur.execute("DELETE FROM outbox WHERE unit = %s AND sent_at IS NOT NULL AND "
-                            "(sent_at < %s OR incident_id = ANY(%s::text[]))",
-                            (unit, datetime.now(UTC) - RETENTION, gone))
             if messages:
                 # One statement per message, in order: ids (BIGSERIAL) follow the list.
                 cur.executemany(
                     """INSERT INTO outbox (key, unit, incident_id, payload, created_at)
                        VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING""", messages)
+            if record.retain_after is not None:
+                gone = [i for (i,) in cur.execute(
+                    "DELETE FROM incidents WHERE unit = %s AND status = 'resolved' AND "
+                    "(data->>'resolved_at')::timestamptz < %s AND NOT EXISTS (SELECT 1 FROM "
+                    "outbox o WHERE o.incident_id = incidents.id AND o.sent_at IS NULL) "
+                    "RETURNING id",
+                    (unit, record.retain_after)).fetchall()]
+                cur.execute("DELETE FROM revisions WHERE unit = %s AND "
+                            "(data->>'last_seen')::timestamptz < %s",
+                            (unit, record.retain_after))
+                # A deleted incident's thread and sent messages go with it; other sent messages
+                # after RETENTION of real time. An incident with a message still to send (this
+                # cycle's, queued above, or an older one) stays: its thread is where it goes.
+                cur.execute("DELETE FROM threads WHERE incident_id = ANY(%s::text[])", (gone,))
+                cur.execute("DELETE FROM outbox WHERE unit = %s AND sent_at IS NOT NULL AND "
+                            "(sent_at < %s OR incident_id = ANY(%s::text[]))",
+                            (unit, datetime.now(UTC) - RETENTION, gone))
             cur.execute("UPDATE leases SET polled_at = now() WHERE unit = %s", (unit,))
             if summary is not None:
                 _set_meta(cur, "last_cycle", summary)

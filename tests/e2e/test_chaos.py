@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from monitor.correlate.model import IncidentStatus
 from monitor.emulator import Emulator
+from monitor.emulator.server import RequestRecord
 from monitor.notify.message import Message
 from monitor.store.postgres import PostgresStore
 from tests.e2e.test_delivery_faults import audit_delivery
@@ -118,6 +120,12 @@ class Fleet:
                 instance.proc.send_signal(signal.SIGCONT)
                 instance.proc.kill()
                 instance.proc.wait(timeout=10)
+
+
+def cycle_clock(read: RequestRecord) -> str:
+    """The clock of the cycle that made a read: the end of its window (`receiveTimestamp<`)."""
+    match = re.search(r'receiveTimestamp<"([^"]+)"', read.filter)
+    return match[1] if match else "?"
 
 
 def leader(store: PostgresStore, unit: str) -> tuple[str, int] | None:
@@ -249,10 +257,15 @@ def test_three_instances_survive_kills_pauses_and_a_rolling_restart(tmp_path, pg
         # A unit is never polled twice in one interval, hand-overs included: the reads (first
         # pages) of each project, by whichever instance, are an interval apart.
         gaps = []
+        closest: tuple[float, str, RequestRecord, RequestRecord] | None = None
         for unit in UNITS:
-            reads = sorted(r.at for r in emu.request_log
-                           if r.page == 0 and r.resource_names == (f"projects/{unit}",))
-            gaps += [b - a for a, b in itertools.pairwise(reads)]
+            reads = sorted((r for r in emu.request_log
+                            if r.page == 0 and r.resource_names == (f"projects/{unit}",)),
+                           key=lambda r: r.at)
+            for a, b in itertools.pairwise(reads):
+                gaps.append(b.at - a.at)
+                if closest is None or b.at - a.at < closest[0]:
+                    closest = (b.at - a.at, unit, a, b)
 
         figures = {
             "kills (SIGKILL of a leader)": kills,
@@ -273,6 +286,11 @@ def test_three_instances_survive_kills_pauses_and_a_rolling_restart(tmp_path, pg
         }
         with capsys.disabled():
             print("\nchaos: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+            if closest is not None:
+                # which cycles those were: each read's window ends at its cycle's clock
+                gap, unit, a, b = closest
+                print(f"closest reads of {unit}: {gap:.3f}s apart, {b.at - started:.1f}s into "
+                      f"the run, of the cycles at {cycle_clock(a)} and {cycle_clock(b)}")
         assert (audit.duplicates, audit.lost, audit.problems) == (0, 0, [])
         # Bounded: a hand-over within the lease, plus a tick to notice and a tick to claim.
         assert max(failovers) <= LEASE + 3 * INTERVAL + 1

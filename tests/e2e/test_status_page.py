@@ -13,10 +13,8 @@ from __future__ import annotations
 import io
 import os
 import re
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +24,7 @@ from click.testing import CliRunner
 
 from monitor import notify
 from monitor.cli import main
-from monitor.service import Service, _handler
+from monitor.service import Service
 from monitor.store import open_store
 from monitor.store.base import CycleRecord
 from tests.test_report import ERRORS, demo_config, load
@@ -66,9 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state.incidents[ERRORS].sample = HOSTILE
     store.commit_cycle(state, CycleRecord("hostile", None, {}, None, []))
     service = Service(config, store, notify.build(config, io.StringIO()), clock=lambda: CLOCK)
-    http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(service))
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
+    http = service.listen("127.0.0.1", 0)  # the server `monitor run` serves with
     try:
         if os.environ.get("MONITOR_DOCS"):
             clean = load(demo_config(tmp_path_factory.mktemp("docs")))
