@@ -62,7 +62,11 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
+        if isinstance(value, int) and value > MAX_DURATION.total_seconds():
+            shown = str(value) if value < 10**15 else f"a {len(str(value))}-digit number"
+            raise ValueError(f"invalid duration {shown}: at most "
+                             f"{format_duration(MAX_DURATION)}")
+        if value < 0 or not math.isfinite(value):
             raise ValueError(f"invalid duration {value!r}: must be a number of seconds >= 0")
         return _bounded(value, value)
     if isinstance(value, str):
@@ -437,11 +441,14 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate an already-parsed YAML document; raises ConfigError naming the key."""
     if not isinstance(data, dict):
         raise ConfigError("(top level): the config must be a mapping of keys to values")
-    data = _interpolate(data, os.environ if env is None else env, ())
     try:
+        data = _interpolate(data, os.environ if env is None else env, ())
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except RecursionError:  # a YAML alias that contains itself: `services: &a [*a]`
+        raise ConfigError("(top level): the config nests too deeply (an alias that contains "
+                          "itself?)") from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -461,6 +468,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     except ValueError as exc:  # an integer of more than 4,300 digits
         raise ConfigError(f"{p}: not a usable value: {exc}") from None
+    except RecursionError:  # `[[[[...` thousands deep, an alias that contains itself
+        raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
     config = parse_config(data, env)
     if config.source.path is not None and not config.source.path.is_absolute():
         source = config.source.model_copy(update={"path": p.parent / config.source.path})

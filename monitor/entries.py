@@ -263,7 +263,8 @@ def normalise(
         text = ""
     if http is not None:
         status = http.get("status")
-        if isinstance(status, int) or (isinstance(status, str) and status.isdigit()):
+        if isinstance(status, int) or (isinstance(status, str) and status.isascii()
+                                       and status.isdigit()):
             http_status = int(status)
         url = http.get("requestUrl")
         http_url = url if isinstance(url, str) and url else None
@@ -305,6 +306,15 @@ def from_json(obj: Any) -> LogEntry:
     insert_id = obj.get("insertId")
     if not isinstance(insert_id, str) or not insert_id:
         raise MalformedEntry("entry has no insertId")
+    try:
+        return _from_parts(obj, insert_id, log_name, ts)
+    except MalformedEntry:
+        raise
+    except (ValueError, RecursionError) as exc:  # a 4,300-digit number, a field nested too deep
+        raise MalformedEntry(f"unreadable value in the entry: {str(exc)[:100]}") from None
+
+
+def _from_parts(obj: Mapping[str, Any], insert_id: str, log_name: str, ts: str) -> LogEntry:
     resource = obj.get("resource")
     rlabels: Mapping[str, Any] = {}
     if isinstance(resource, Mapping) and isinstance(resource.get("labels"), Mapping):

@@ -48,10 +48,16 @@ def logs_url(query: str, start: datetime, end: datetime, project: str | None) ->
     """A Logs Explorer link; everything is percent-encoded so `|` or `>` cannot end the link."""
     url = (
         "https://console.cloud.google.com/logs/query;query="
-        f"{quote(query, safe='')};timeRange={quote(_rfc3339(start), safe='')}%2F"
-        f"{quote(_rfc3339(end), safe='')}"
+        f"{url_quote(query)};timeRange={url_quote(_rfc3339(start))}%2F"
+        f"{url_quote(_rfc3339(end))}"
     )
-    return f"{url}?project={quote(project, safe='')}" if project else url
+    return f"{url}?project={url_quote(project)}" if project else url
+
+
+def url_quote(text: str) -> str:
+    """Percent-encoded, every reserved character included; a lone surrogate (log text can carry
+    one) becomes `?`, which UTF-8 cannot encode."""
+    return quote(text, safe="", errors="replace")
 
 
 MAX_FILTER = 20_000  # characters; Cloud Logging rejects longer filters

@@ -10,6 +10,7 @@ Explorer link and here. What RE2 refuses (look-arounds, back-references) is a co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,8 +46,15 @@ class Regex:
     _compiled: Any = field(repr=False, compare=False)
 
     def search(self, text: str, pos: int = 0, /) -> Match | None:
-        found: Match | None = self._compiled.search(text, pos)
+        try:
+            found: Match | None = self._compiled.search(text, pos)
+        except UnicodeEncodeError:  # a lone surrogate (a JSON export may escape one): RE2
+            # reads UTF-8, which cannot hold it; U+FFFD in its place keeps every position
+            found = self._compiled.search(_SURROGATE.sub("\ufffd", text), pos)
         return found
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def compile_regex(pattern: str) -> Regex:

@@ -79,3 +79,22 @@ def pg_url(pg_database: str) -> str:
         conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
         conn.execute("CREATE SCHEMA public")
     return pg_database
+
+
+def _hypothesis_profiles() -> None:
+    """Hypothesis profiles for the property tests (tests/test_properties_*.py).
+
+    "ci", the default, keeps the whole property suite well under a minute on two cores; set
+    HYPOTHESIS_PROFILE=explore to hunt for bugs with many more examples per property.
+    """
+    from hypothesis import HealthCheck, settings
+
+    slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", deadline=None, max_examples=40, print_blob=True,
+                              suppress_health_check=slow)
+    settings.register_profile("explore", deadline=None, max_examples=2000,
+                              suppress_health_check=slow)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()

@@ -23,7 +23,6 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from monitor.classify.prisma import run_label
 from monitor.config import parse_mention
@@ -49,7 +48,7 @@ from monitor.notify.safe import (
     safe_text,
     truncate,
 )
-from monitor.queries import TEXT_FIELDS, logs_query, logs_url
+from monitor.queries import TEXT_FIELDS, logs_query, logs_url, url_quote
 
 MAX_LIST = 20  # revisions, migrations or changes listed before "and N more"
 LOGS_MARGIN = timedelta(minutes=5)  # around the incident, for the Logs Explorer time range
@@ -235,10 +234,15 @@ def revision_url(service: str, revision: str, facts: Iterable[RevisionFacts],
                  project: str | None) -> str | None:
     """The revision's page in the Cloud Run console, when the logs said its region."""
     location = next((f.location for f in facts if f.name == revision and f.location), None)
-    if not (project and location):
+    # A region is a short name (us-central1); anything else from the logs makes no link, which
+    # a section's limit could cut open.
+    if not (project and location and _REGION.fullmatch(location)):
         return None
-    return (f"https://console.cloud.google.com/run/detail/{quote(location, safe='')}/"
-            f"{quote(service, safe='')}/revisions?project={quote(project, safe='')}")
+    return (f"https://console.cloud.google.com/run/detail/{url_quote(location)}/"
+            f"{url_quote(service[:100])}/revisions?project={url_quote(project)}")
+
+
+_REGION = re.compile(r"[a-z0-9-]{1,40}")
 
 
 def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,

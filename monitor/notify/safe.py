@@ -81,13 +81,26 @@ def safe_text(text: str, limit: int = MAX_SECTION, *, code: bool = False,
     `code` neutralises backticks so the text cannot close the code span around it; `one_line`
     folds newlines for summaries and fields.
     """
-    text = scrub(clean(text[:_PRECUT]))
+    text = scrub(_bounded(text))
     if one_line:
         text = " ".join(text.split())
     text = escape(text)
     if code:
         text = text.replace("`", _GRAVE)
     return truncate(text, limit)
+
+
+def _bounded(text: str) -> str:
+    """`clean(text)`, at most _PRECUT characters, without the word a cut went through: that word
+    may be a secret whose end (the `@` of a URL, say) the cut removed, so scrub could not see it.
+    `clean` may drop most of a line (NULs, ANSI codes), so the cut is made after it."""
+    cleaned = clean(text[: 4 * _PRECUT])
+    if len(text) <= 4 * _PRECUT and len(cleaned) <= _PRECUT:
+        return cleaned
+    return _LAST_WORD.sub("", cleaned[:_PRECUT])
+
+
+_LAST_WORD = re.compile(r"\S*\Z")
 
 
 def code(text: str, limit: int = 200) -> str:
