@@ -6,6 +6,11 @@ What is measured:
   `max_pages_per_cycle` (20 pages of 1,000): the emulator holds the backlog in ANOTHER process,
   so only the monitor's own memory is counted. Target: the two peaks within 25 % of each other,
   i.e. the backlog is streamed a budget at a time and never held whole.
+- `monitor once` (a subprocess: peak RSS from `wait4`'s `ru_maxrss` of the child) replaying a
+  generated export of 10,000 and of 1,000,000 entries (2,000 and 20,000 with --quick), written as
+  `gcloud logging read --format=json` writes it: a pretty-printed JSON array, newest first.
+  Target: the two peaks within 25 %, i.e. the replay is folded page by page in event order and
+  no entry outlives its page, whatever the export's size and order.
 - `monitor run` (a subprocess, `poll.interval: 100ms`) over 1,000 cycles (50 with --quick) while
   realistic traffic keeps arriving in the emulator and incidents open and resolve in the local
   Slack server: VmRSS from /proc/PID/status sampled twice a second. Target: no growth after
@@ -19,6 +24,8 @@ warm-up, so the ratio shows growth alone, not the interpreter's and libraries' f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    ROOT,
     MonitorRun,
     Options,
     Section,
@@ -123,6 +131,116 @@ def measure_cycles(opts: Options, emu: EmulatorProcess, sizes: list[int],
             "\n\n" + table(["backlog", "read", "bare client peak RSS (baseline)",
                              "cycle peak RSS", "ratio"], extra))
     section.data["peaks"] = peaks
+    return section
+
+
+def write_export(path: Path, entries: int, seed: int = 7) -> Path:
+    """`entries` generated entries (`Traffic(seed).take(entries)`) as `gcloud logging read
+    --format=json` writes them: a JSON array, two-space indented, newest first. Written a minute
+    of traffic at a time (each chunk reversed into a spool, the spool copied back to front), so
+    a million entries never sit in memory here either."""
+    from bench.traffic import Traffic
+
+    traffic = Traffic(seed, project=PROJECT, services=tuple(SERVICES))
+    spool = path.with_name(path.name + ".spool")
+    chunks: list[tuple[int, int]] = []  # (offset, length) in the spool, oldest first
+    written = 0
+    with spool.open("wb") as f:
+        for chunk in traffic.chunks(60):
+            chunk = chunk[:entries - written]
+            text = ",\n".join("  " + json.dumps(e, indent=2).replace("\n", "\n  ")
+                              for e in reversed(chunk)).encode()
+            if text:
+                chunks.append((f.tell(), len(text)))
+                f.write(text)
+            written += len(chunk)
+            if written >= entries:
+                break
+    with spool.open("rb") as f, path.open("wb") as out:
+        out.write(b"[\n")
+        for i, (offset, length) in enumerate(reversed(chunks)):
+            f.seek(offset)
+            out.write((b",\n" if i else b"") + f.read(length))
+        out.write(b"\n]\n")
+    spool.unlink()
+    return path
+
+
+def replay_config(path: Path, export: Path, state: Path) -> Path:
+    """The shipped defaults, a file source, the bench's signal, console notifications (not
+    paced: a replay posts every message it owes)."""
+    from bench.common import signal_list
+
+    return write_config(path, {
+        "project": PROJECT, "services": SERVICES, "source": {"type": "file", "path": str(export)},
+        "signals": signal_list(1), "migrations": {"tool": "prisma"},
+        "slack": {"channel": "#bench", "token": "", "min_interval": "0s"},
+        # a lease past the replay's length: `once` delivers only while it holds the unit
+        "state": {"url": f"sqlite:///{state}", "lease": "2h"}})
+
+
+def once_peak(config: Path, timeout: float = 1800) -> dict[str, Any]:
+    """`monitor once --format json` in a child process: its peak RSS (`wait4`), time, stats."""
+    workdir = config.parent
+    with (workdir / "once.json").open("w") as out, (workdir / "once.log").open("w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "monitor", "once", "--config",
+                                 str(config), "--format", "json"], stdout=out, stderr=err,
+                                cwd=ROOT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"monitor once exited {proc.returncode}; see {workdir / 'once.log'}")
+    doc = json.loads((workdir / "once.json").read_text())
+    return {"maxrss_kb": usage.ru_maxrss, "seconds": seconds, "entries": doc["stats"][
+        "entries_read"], "incidents": len(doc["incidents"]), "revisions": len(doc["revisions"])}
+
+
+def measure_replay(opts: Options, sizes: list[int], progress: Any = print) -> Section:
+    """`monitor once` replaying a small and a huge export, each run with a fresh store."""
+    section = Section("Memory: `monitor once` replaying an export")
+    section.intro = (
+        "Peak RSS (`ru_maxrss` of the child, from `wait4`) of `monitor once --format json` with "
+        "a `file` source and a fresh SQLite store, replaying a generated export "
+        "(bench/traffic.py, seed 7, three services) written as `gcloud logging read "
+        "--format=json` writes it: a pretty-printed JSON array, newest first. The clock is the "
+        "newest entry, as for any replay. Medians of "
+        f"{opts.runs} run(s). Baseline: the smallest export. Target: within 25 %.")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-replay-", dir=opts.workdir))
+    rows, peaks = [], {}
+    for size in sizes:
+        started = time.perf_counter()
+        export = write_export(workdir / f"export-{size}.json", size)
+        made = time.perf_counter() - started
+        progress(f"  replay: wrote {size:,} entries ({export.stat().st_size / 1e6:,.0f} MB) "
+                 f"in {made:.0f}s")
+        runs = []
+        for n in range(opts.runs):
+            run_dir = workdir / f"run-{size}-{n}"
+            run_dir.mkdir()
+            runs.append(once_peak(replay_config(run_dir / "config.yaml", export,
+                                                run_dir / "state.db")))
+        peak = median([r["maxrss_kb"] for r in runs])
+        peaks[size] = peak
+        progress(f"  replay: {size:,} entries: peak {peak / 1024:.1f} MB")
+        rows.append([f"{size:,}", f"{export.stat().st_size / 1e6:,.0f} MB",
+                     fmt_int(runs[0]["entries"]), runs[0]["incidents"], runs[0]["revisions"],
+                     f"{median([r['seconds'] for r in runs]):.1f} s", fmt_mb(peak),
+                     ratio(peak, peaks[sizes[0]])])
+        export.unlink()
+    section.tables.append(table(
+        ["export (entries)", "file size", "entries read", "incidents", "revisions",
+         "wall time", "peak RSS", "ratio to baseline"], rows))
+    big, small = peaks[sizes[-1]], peaks[sizes[0]]
+    section.targets.append((f"peak RSS, {sizes[-1]:,} vs {sizes[0]:,} entries replayed, within "
+                            "25 %", ratio(big, small), big <= CYCLE_TARGET * small))
+    section.data["replay_peaks"] = peaks
     return section
 
 

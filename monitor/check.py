@@ -9,9 +9,10 @@ before it re-reads the same entries (deduplicated by key), a crash after it only
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,13 +22,14 @@ from monitor.classify.requests import AssetRule
 from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
 from monitor.correlate.health import source_health
-from monitor.correlate.incidents import advance
+from monitor.correlate.incidents import Fold
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts, Transition
 from monitor.correlate.state import Rules, State
 from monitor.entries import LogEntry, format_time
 from monitor.notify.message import Message, Notifier
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
+from monitor.sources import replay
 from monitor.sources.base import Checkpoint, ReadStats, Source, SourceError, Window
 from monitor.store.base import RETENTION, CycleRecord, Lease, Store
 
@@ -173,6 +175,44 @@ def fresh_entries(store: Store, entries: Iterator[LogEntry],
     return [e for k, e in batch.items() if k not in already]
 
 
+def fresh_pages(store: Store, source: Source, window: Window, stats: ReadStats,
+                stop: threading.Event | None = None) -> Generator[list[LogEntry]]:
+    """What the cycle classifies and folds, a page at a time, deduplicated as `fresh_entries`.
+
+    A live source's read is bounded by its budget and in timestamp order: it is read here,
+    before this returns (so `stats.cut_at` is known), as one page. A complete export may be in
+    any order and of any size: it is replayed in event order, a page of `replay.PAGE_ENTRIES` at
+    a time, and no entry outlives its page (sources/replay.py), so a cycle's memory does not grow
+    with the export.
+    """
+    if source.live:
+        return _one(fresh_entries(store, source.read(window, stats), stop))
+    return _replayed(store, source.read(window, stats), stop)
+
+
+def _one(page: list[LogEntry]) -> Generator[list[LogEntry]]:
+    yield page
+
+
+def _replayed(store: Store, entries: Iterator[LogEntry],
+              stop: threading.Event | None) -> Generator[list[LogEntry]]:
+    pages = replay.replay_pages(_until_stopped(entries, stop), replay.PAGE_ENTRIES)
+    with contextlib.closing(pages):
+        for page in pages:
+            if stop is not None and stop.is_set():
+                raise Cancelled("shutting down while replaying")
+            already = store.seen_keys([e.key for e in page])
+            yield [e for e in page if e.key not in already] if already else page
+
+
+def _until_stopped(entries: Iterator[LogEntry],
+                   stop: threading.Event | None) -> Iterator[LogEntry]:
+    for entry in entries:
+        if stop is not None and stop.is_set():
+            raise Cancelled("shutting down while reading")
+        yield entry
+
+
 def run_cycle(
     config: Config,
     store: Store,
@@ -202,21 +242,29 @@ def run_cycle(
                          max_lateness=lateness)
     stats = ReadStats()
     state = store.load_state(unit)
+    health = source_health(state, unit=unit, ok=True, reason="", now=now,
+                           failures_before_alert=config.source.failures_before_alert)
+    classifier = build_classifier(config, services, project).stream()
+    # The keys the commit keeps (see `forget` below); a replay is never cut short.
+    keep_from = None if source.live else (window.received_before or now) - 2 * lateness
+    seen: dict[str, datetime] = {}
     try:
-        # 1. read what has not been seen
-        entries = fresh_entries(store, source.read(window, stats), stop)
+        # 1. read what has not been seen, a page at a time (a live read is done on return)
+        with contextlib.closing(fresh_pages(store, source, window, stats, stop)) as pages:
+            fold = Fold(health.state, rules=Rules.from_config(config, unit),
+                        complete_until=complete_until(source, window, stats, now, lateness))
+            for page in pages:
+                # 2. classify: entries -> observations
+                # 3. correlate: state + observations -> state', transitions (pure, event time)
+                fold.add(classifier.feed(page))
+                seen.update((e.key, e.timestamp) for e in page
+                            if keep_from is None or e.timestamp >= keep_from)
+            fold.add(classifier.end())
     except SourceError as exc:
         return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
                             window=window, stats=stats, error=exc, dry_run=dry_run,
                             lease=lease)
-    health = source_health(state, unit=unit, ok=True, reason="", now=now,
-                           failures_before_alert=config.source.failures_before_alert)
-    # 2. classify: entries -> observations
-    observations = build_classifier(config, services, project).classify(entries)
-    # 3. correlate: state + observations -> state', transitions (pure, event time)
-    outcome = advance(health.state, observations, now=now,
-                      complete_until=complete_until(source, window, stats, now, lateness),
-                      rules=Rules.from_config(config, unit))
+    outcome = fold.finish(now)
     transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
     messages = [m for t in transitions for m in _render(config, t, project)]
@@ -231,10 +279,12 @@ def run_cycle(
     # No later read starts before moved.until - lateness (plan_window): older keys can go.
     # Twice that, for a clock that steps back. Keys older than that are not even written.
     forget = moved.until - 2 * lateness
+    for key in [key for key, t in seen.items() if t < forget]:  # in place: a replay's are many
+        del seen[key]
     store.commit_cycle(outcome.state, CycleRecord(
         unit=unit,
         checkpoint=moved,
-        seen={e.key: e.timestamp for e in entries if e.timestamp >= forget},
+        seen=seen,
         forget_before=forget,
         retain_after=moved.until - RETENTION,
         messages=messages,

@@ -374,3 +374,24 @@ def test_overlong_json_line_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
     assert [e.insert_id for e in entries] == ["id000001", "id000003"]
     assert stats.entries_skipped == 1
     assert "line 2 skipped: longer than 1000 characters" in caplog.records[0].getMessage()
+
+
+def test_the_clock_pass_refuses_exactly_what_the_read_refuses(tmp_path: Path) -> None:
+    """`latest_timestamp` checks records without normalising them; it must agree with `read`
+    on which records are entries, or a malformed newest record would set the clock."""
+    good = entry(1)
+    late = T0 + timedelta(days=1)
+    stamp = late.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    refused = [
+        {**entry(2), "timestamp": stamp, "logName": ""},
+        {**entry(3), "timestamp": stamp, "insertId": 7},
+        {**entry(4), "timestamp": "yesterday"},
+        {**entry(5), "timestamp": stamp, "receiveTimestamp": "soon"},
+        {k: v for k, v in entry(6).items() if k not in ("timestamp", "receiveTimestamp")},
+        ["not", "an", "entry"],
+    ]
+    only_received = {k: v for k, v in entry(8, seconds=30).items() if k != "timestamp"}
+    path = write_array(tmp_path / "export.json", [*refused, good, only_received])
+    entries, stats = read_all(FileSource(path))
+    assert stats.entries_skipped == len(refused)
+    assert FileSource(path).latest_timestamp() == max(e.timestamp for e in entries)

@@ -9,9 +9,10 @@ an oldest-first API read give the same observations.
 
 from __future__ import annotations
 
+import bisect
 import operator
-from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.classify.deploys import deploy_event, instance_event
@@ -20,7 +21,7 @@ from monitor.classify.observations import (
     RequestServed,
     RevisionSeen,
 )
-from monitor.classify.prisma import MigrationParser
+from monitor.classify.prisma import MigrationParser, MigrationStream
 from monitor.classify.requests import AssetRule
 from monitor.classify.signals import SignalMatcher
 from monitor.entries import EntryKind, LogEntry
@@ -66,13 +67,59 @@ class Classifier:
 
     def classify(self, entries: Iterable[LogEntry]) -> list[Observation]:
         """All observations of a batch, in event time order."""
-        services, project = self.services, self.project
+        stream = self.stream()
+        return stream.feed(entries) + stream.end()
+
+    def stream(self) -> ClassifyStream:
+        """`classify` a page at a time, for a read too big to hold (a replayed export)."""
+        return ClassifyStream(self)
+
+
+@dataclass(slots=True)
+class _Migrations:
+    """One (service, revision, instance) stream's tool output, parsed as it is read."""
+
+    reader: MigrationStream
+    until: datetime  # later lines join only if they look like tool output: its context ended
+
+
+Held = tuple[datetime, int, int, Observation]  # (at, rank, sequence, observation)
+_DIRECT, _PARSED, _SEEN = 0, 1, 2  # the order of one instant's observations, as one batch has it
+
+
+class ClassifyStream:
+    """Classification of pages that come in event order, each no earlier than the one before.
+
+    Each page is classified as `classify` does a batch (its `RevisionSeen` are the page's first
+    and last entry of each revision), but a migration stream's parse carries over from page to
+    page, and observations come out in event order: each as soon as nothing still to be read
+    can come before it (an unfinished Prisma error block holds back what follows it). So a
+    replay keeps no entry, only the parsers' state and the few observations held back.
+
+    A tool output block still open when its stream's context ends (`_MIGRATION_CONTEXT` after
+    its last tool line) is reported then, as it is: a line that comes later is not part of it.
+    """
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.c = classifier
+        self.migrations: dict[StreamKey, _Migrations] = {}
+        self.held: list[Held] = []
+        self.seq = 0
+        self.latest: datetime | None = None  # the newest entry classified so far
+
+    def hold(self, rank: int, observations: Iterable[Observation]) -> None:
+        for obs in observations:
+            self.seq += 1
+            self.held.append((obs.at, rank, self.seq, obs))
+
+    def feed(self, entries: Iterable[LogEntry]) -> list[Observation]:
+        """Classify one page; the observations nothing still to come can precede."""
+        c = self.c
+        services, project = c.services, c.project
         ordered = in_event_order([e for e in entries if e.service in services
                                   and (project is None or e.project == project)])
-        out: list[Observation] = []
+        direct: list[Observation] = []
         seen: dict[tuple[str, str], tuple[LogEntry, LogEntry]] = {}
-        streams: dict[StreamKey, list[LogEntry]] = defaultdict(list)
-        active_until: dict[StreamKey, datetime] = {}
         for entry in ordered:
             service = entry.service
             assert service is not None
@@ -83,38 +130,67 @@ class Classifier:
             if entry.kind is EntryKind.REQUEST:
                 if entry.http_status is not None:
                     url = entry.http_url
-                    route, asset = self.assets.describe(url) if url else (None, False)
-                    out.append(RequestServed(
+                    route, asset = c.assets.describe(url) if url else (None, False)
+                    direct.append(RequestServed(
                         entry.timestamp, service, entry.revision, entry.http_status,
                         entry.instance_id, route, asset))
                 continue
             if entry.kind is EntryKind.AUDIT or entry.kind is EntryKind.SYSTEM:
                 event = deploy_event(entry)
                 if event is not None:
-                    out.append(event)
+                    direct.append(event)
                 continue
-            out.extend(self.matcher.hits(entry))
+            direct.extend(c.matcher.hits(entry))
             if entry.kind is EntryKind.PLATFORM:  # Cloud Run's own lines: never tool output
                 stopped = instance_event(entry)
                 if stopped is not None:
-                    out.append(stopped)
+                    direct.append(stopped)
                 continue
-            if self.parser is not None:
-                stream = (service, entry.revision, entry.instance_id)
-                text = entry.text
-                if any(h in text for h in _MIGRATION_HINTS):
-                    active_until[stream] = entry.timestamp + _MIGRATION_CONTEXT
-                    streams[stream].append(entry)
-                else:
-                    until = active_until.get(stream)
-                    if until is not None and entry.timestamp <= until:
-                        streams[stream].append(entry)
-        for lines in streams.values():
-            assert self.parser is not None
-            out.extend(self.parser.parse(lines))
+            if c.parser is not None:
+                self.tool_line((service, entry.revision, entry.instance_id), entry, c.parser)
+        self.hold(_DIRECT, direct)
         for (service, revision), (first, last) in seen.items():
-            out.append(RevisionSeen(first.timestamp, service, revision, first.location))
+            self.hold(_SEEN, [RevisionSeen(first.timestamp, service, revision, first.location)])
             if last is not first:
-                out.append(RevisionSeen(last.timestamp, service, revision))
-        out.sort(key=lambda o: o.at)
-        return out
+                self.hold(_SEEN, [RevisionSeen(last.timestamp, service, revision)])
+        if ordered and (self.latest is None or ordered[-1].timestamp > self.latest):
+            self.latest = ordered[-1].timestamp
+        latest = self.latest
+        if latest is None:
+            return []
+        pending = [latest]  # the newest instant may continue in the next page
+        for m in self.migrations.values():
+            since = m.reader.pending_since
+            if since is not None and m.until < latest:
+                self.hold(_PARSED, m.reader.end())
+            elif since is not None:
+                pending.append(since)
+        return self.release(min(pending))
+
+    def tool_line(self, stream: StreamKey, entry: LogEntry, parser: MigrationParser) -> None:
+        """Migration output arrives as one entry per line: the lines of a stream go to its
+        parser around tool output only, so a busy app's other lines are never parsed."""
+        m = self.migrations.get(stream)
+        if m is not None and entry.timestamp > m.until and m.reader.pending_since is not None:
+            self.hold(_PARSED, m.reader.end())
+        if any(h in entry.text for h in _MIGRATION_HINTS):
+            until = entry.timestamp + _MIGRATION_CONTEXT
+            if m is None:
+                m = self.migrations[stream] = _Migrations(parser.stream(), until)
+            m.until = until
+        elif m is None or entry.timestamp > m.until:
+            return
+        self.hold(_PARSED, m.reader.add(entry))
+
+    def end(self) -> list[Observation]:
+        """The read is over: every stream's open output is reported, everything comes out."""
+        for m in self.migrations.values():
+            self.hold(_PARSED, m.reader.end())
+        return self.release(None)
+
+    def release(self, before: datetime | None) -> list[Observation]:
+        held = self.held
+        held.sort()  # by (at, rank, sequence): the sequence is unique, observations never compare
+        n = len(held) if before is None else bisect.bisect_left(held, before, key=lambda h: h[0])
+        self.held = held[n:]
+        return [h[3] for h in held[:n]]

@@ -1,7 +1,8 @@
 """Prisma Migrate output to MigrationEvent, reassembled from one instance's log lines.
 
 Rules:
-- Pure: no I/O, no clock, no state kept between calls, so one `PrismaParser` can be shared.
+- Pure: no I/O, no clock, no state kept between calls, so one `PrismaParser` can be shared;
+  `stream()` is the same parse a line at a time, its state in the object it returns.
 - Input is ONE (service, revision, instance) stream in timestamp order. Cloud Run logs every
   output line as its own entry, so one Prisma message (an error block, the tree of applied
   migrations) arrives as many entries and has to be put back together here; the caller splits
@@ -29,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from monitor.classify.observations import MigrationEvent, MigrationOutcome
@@ -91,10 +93,30 @@ def run_label(name: str | None, outcome: str, code: str | None,
     return text
 
 
+class MigrationStream(Protocol):
+    """One stream's parse, a line at a time, for a reader that cannot hold the stream's lines
+    (a replay classified page by page). The lines added, then `end`, give what `parse` gives."""
+
+    @property
+    def pending_since(self) -> datetime | None:
+        """No event still to be reported is stamped before this; None: none is pending."""
+        ...
+
+    def add(self, entry: LogEntry) -> list[MigrationEvent]:
+        """The next line; the events it completes."""
+        ...
+
+    def end(self) -> list[MigrationEvent]:
+        """The stream ended or went quiet: what is still open, reported as it is."""
+        ...
+
+
 class MigrationParser(Protocol):
     """What the classify package needs from a migration tool's output reader."""
 
     def parse(self, lines: Sequence[LogEntry]) -> list[MigrationEvent]: ...
+
+    def stream(self) -> MigrationStream: ...
 
 
 @dataclass(slots=True)
@@ -163,6 +185,28 @@ class _Stream:
 
     def reset_run(self) -> None:
         self.applied, self.applying, self.in_tree, self.in_run = {}, None, False, False
+
+    @property
+    def pending_since(self) -> datetime | None:
+        b = self.block
+        return b.last.timestamp if b is not None and not b.reported else None
+
+    def add(self, entry: LogEntry) -> list[MigrationEvent]:
+        raw = entry.text
+        if "\n" in raw or "\r" in raw:  # a wrapper that logged a whole message at once
+            for piece in raw.splitlines():
+                self.feed(entry, piece)
+        else:
+            self.feed(entry, raw)
+        return self.drain()
+
+    def end(self) -> list[MigrationEvent]:
+        self.flush()
+        return self.drain()
+
+    def drain(self) -> list[MigrationEvent]:
+        events, self.events = self.events, []
+        return events
 
     def flush(self) -> None:
         """Report the open block, complete or not: a cut stream must not hide a failure."""
@@ -285,13 +329,9 @@ class PrismaParser:
     """Reads `prisma migrate deploy` / `migrate resolve` output; implements MigrationParser."""
 
     def parse(self, lines: Sequence[LogEntry]) -> list[MigrationEvent]:
-        stream = _Stream()
-        for entry in lines:
-            raw = entry.text
-            if "\n" in raw or "\r" in raw:  # a wrapper that logged a whole message at once
-                for piece in raw.splitlines():
-                    stream.feed(entry, piece)
-            else:
-                stream.feed(entry, raw)
-        stream.flush()
-        return stream.events
+        stream = self.stream()
+        events = [event for entry in lines for event in stream.add(entry)]
+        return events + stream.end()
+
+    def stream(self) -> MigrationStream:
+        return _Stream()

@@ -105,15 +105,35 @@ def advance(
     `complete_until`: the source guarantees no entry older than this is still to come. A quiet
     period must end before it, or silence may only be data that has not arrived yet.
     """
-    machine = _Machine(_copy_for_cycle(state), rules)
-    last: datetime | None = None
-    for obs in sorted(observations, key=lambda o: o.at):
-        if last is None or obs.at > last:  # all of one instant is folded before timers run
-            machine.tick(obs.at, min(obs.at, complete_until))
-            last = obs.at
-        machine.observe(obs)
-    machine.tick(now, complete_until)
-    return Outcome(machine.state, machine.transitions)
+    fold = Fold(state, complete_until=complete_until, rules=rules)
+    fold.add(sorted(observations, key=lambda o: o.at))
+    return fold.finish(now)
+
+
+class Fold:
+    """`advance`, a page of observations at a time, for a cycle that cannot hold them all (a
+    replayed export): the same timers at the same event times, so the same outcome."""
+
+    def __init__(self, state: State, *, complete_until: datetime, rules: Rules) -> None:
+        self._machine = _Machine(_copy_for_cycle(state), rules)
+        self._complete_until = complete_until
+        self._last: datetime | None = None
+
+    def add(self, observations: Iterable[Observation]) -> None:
+        """Observations in event order, none before one already folded."""
+        machine, complete_until, last = self._machine, self._complete_until, self._last
+        for obs in observations:
+            if last is None or obs.at > last:  # all of one instant is folded before timers run
+                machine.tick(obs.at, min(obs.at, complete_until))
+                last = obs.at
+            elif obs.at < last:
+                raise ValueError(f"observation at {obs.at} folded after one at {last}")
+            machine.observe(obs)
+        self._last = last
+
+    def finish(self, now: datetime) -> Outcome:
+        self._machine.tick(now, self._complete_until)
+        return Outcome(self._machine.state, self._machine.transitions)
 
 
 def _copy_for_cycle(state: State) -> State:

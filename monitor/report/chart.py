@@ -9,8 +9,10 @@ Rules:
 - Names from the logs (revisions, migrations) reach the chart only as text matplotlib draws as
   glyphs; `$` is escaped so a name can never switch on mathtext.
 - With a `file` source (a replayed export, local) the entries are read again and matched like
-  the verification commands match them; otherwise the chart uses the per-bucket counts each
-  incident keeps (at most 240 buckets, widening as the incident lasts).
+  the verification commands match them, in ONE pass for all the incidents of a write-up
+  (`error_series_all`): an export may be a gigabyte, and a write-up of ten incidents must not
+  read it ten times. Otherwise, or when the export cannot be read any more, the chart uses the
+  per-bucket counts each incident keeps (at most 240 buckets, widening as the incident lasts).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import logging
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.config import Config
 from monitor.correlate.model import IncidentKind
-from monitor.entries import EntryKind
+from monitor.entries import EntryKind, LogEntry
 from monitor.report.facts import IncidentReport
-from monitor.sources.base import ReadStats, Window
+from monitor.sources.base import ReadStats, SourceError, Window
 
 # Before the import, which warns while importing (a config directory it cannot write, the font
 # cache): matplotlib's own state is not the user's business, only an error is.
@@ -49,23 +52,50 @@ RC: Any = {"svg.fonttype": "path", "svg.hashsalt": "monitor-report", "font.size"
 def error_series(config: Config, rep: IncidentReport) -> Series | None:
     """The incident's matches by revision: exact from a local export, else from the per-bucket
     counts the incident keeps (each count placed at its bucket's start)."""
-    if config.source.type != "file" or config.source.path is None or not rep.pattern:
-        return _from_buckets(rep) or None
+    return error_series_all(config, [rep])[0]
+
+
+def error_series_all(config: Config, reps: Sequence[IncidentReport]) -> list[Series | None]:
+    """`error_series` of each incident, the export (if any) read once for all of them."""
+    found: list[Series | None] = [_from_buckets(rep) or None for rep in reps]
+    if config.source.type != "file" or config.source.path is None:
+        return found
+    wanted = [(n, _Match(rep)) for n, rep in enumerate(reps) if rep.pattern]
+    if not wanted:
+        return found
     from monitor.sources.file import FileSource
 
-    inc = rep.incident
-    margin = timedelta(minutes=1) if inc.kind is IncidentKind.MIGRATION else timedelta()
-    window = Window(inc.first_seen - margin, inc.last_seen + timedelta(microseconds=1))
-    pattern = re.compile(rep.pattern)
-    series: Series = {}
+    window = Window(min(m.start for _, m in wanted), max(m.end for _, m in wanted))
+    exact: dict[int, Series] = {n: {} for n, _ in wanted}
     try:
         for entry in FileSource(config.source.path).read(window, ReadStats()):
-            if (entry.service == inc.service and entry.kind is EntryKind.APP
-                    and pattern.search(entry.text)):
-                series.setdefault(entry.revision or "(unknown)", []).append(entry.timestamp)
-    except (OSError, ValueError):
-        return None
-    return series
+            if entry.kind is not EntryKind.APP:
+                continue
+            for n, m in wanted:
+                if m.matches(entry):
+                    exact[n].setdefault(entry.revision or "(unknown)", []).append(
+                        entry.timestamp)
+    except (SourceError, OSError, ValueError):
+        return found  # the export is gone or broken: the counts the incidents keep
+    for n, series in exact.items():
+        found[n] = series
+    return found
+
+
+class _Match:
+    """What of the export an incident's chart counts: its signal's lines on its service."""
+
+    def __init__(self, rep: IncidentReport) -> None:
+        inc = rep.incident
+        margin = timedelta(minutes=1) if inc.kind is IncidentKind.MIGRATION else timedelta()
+        self.service = inc.service
+        self.start = inc.first_seen - margin
+        self.end = inc.last_seen + timedelta(microseconds=1)
+        self.pattern = re.compile(rep.pattern or "")
+
+    def matches(self, entry: LogEntry) -> bool:
+        return (entry.service == self.service and self.start <= entry.timestamp <= self.end
+                and self.pattern.search(entry.text) is not None)
 
 
 def _from_buckets(rep: IncidentReport) -> Series:

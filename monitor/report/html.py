@@ -17,7 +17,7 @@ from monitor.config import Config
 from monitor.correlate.model import MigrationRecord
 from monitor.notify.render import fmt_duration
 from monitor.notify.safe import clean, scrub
-from monitor.report.chart import error_series, timeline_svg
+from monitor.report.chart import Series, error_series_all, timeline_svg
 from monitor.report.facts import IncidentReport, Report, when
 from monitor.report.markdown import notification_line
 
@@ -60,7 +60,8 @@ def _migrations(migrations: Sequence[MigrationRecord]) -> str:
     return f"<ul>{''.join(items)}</ul>" if items else "<p>No migrations.</p>"
 
 
-def incident_html(rep: IncidentReport, config: Config) -> str:
+def incident_html(rep: IncidentReport, series: Series | None) -> str:
+    """One incident's section; `series` is its chart's data (`chart.error_series_all`)."""
     inc = rep.incident
     status = inc.status.value
     parts = [f'<section class="incident" id="{h(inc.id)}">',
@@ -70,7 +71,7 @@ def incident_html(rep: IncidentReport, config: Config) -> str:
              + (f" · regression of <code>{h(inc.regression_of)}</code>" if inc.regression_of
                 else "") + "</p>",
              f"<p><strong>Summary.</strong> {h(rep.summary)}</p>",
-             '<div class="chart">', timeline_svg(rep, error_series(config, rep)), "</div>",
+             '<div class="chart">', timeline_svg(rep, series), "</div>",
              "<h3>Impact</h3><table>",
              f"<tr><th>Duration</th><td>{h(fmt_duration(rep.duration))} "
              f"({h(when(inc.first_seen))} → {h(when(inc.resolved_at or inc.last_seen))})</td></tr>",
@@ -138,6 +139,7 @@ def report_html(report: Report, config: Config) -> str:
             f"{h(when(report.since))}.</p>"]
     if not report.reports:
         body.append("<p>No incident in this period.</p>")
-    body += [incident_html(r, config) for r in report.reports]
+    charts = error_series_all(config, report.reports)  # one read of an export for them all
+    body += [incident_html(r, series) for r, series in zip(report.reports, charts, strict=True)]
     title = report.reports[0].incident.id if len(report.reports) == 1 else "Incident write-up"
     return page(title, "\n".join(body))

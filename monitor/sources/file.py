@@ -8,6 +8,8 @@ Why it streams: exports of a multi-day incident are easily hundreds of megabytes
 JSON. `json.load` would hold the whole document (several times its size as Python objects); here
 the text is read in chunks and the array is decoded one element at a time with
 `json.JSONDecoder.raw_decode`, so memory stays bounded by the largest entry plus a chunk or two.
+`read` yields the file's order; the cycle replays an export in event order a page at a time
+(`sources/replay.py`, `check.fresh_pages`), so no step after this one holds the file either.
 
 Formats, told apart by the first non-whitespace character:
 - `[`: a JSON array of entry objects (what gcloud writes, newest first by default);
@@ -26,13 +28,13 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from monitor.entries import LogEntry, MalformedEntry, from_json
+from monitor.entries import LogEntry, MalformedEntry, from_json, parse_time
 from monitor.sources.base import ReadStats, SourceError, Window
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,24 @@ def _utc(t: datetime | None) -> datetime | None:
     return t
 
 
+def _stamp(obj: Any) -> datetime | None:
+    """The timestamp `from_json(obj)` would have, or None where it raises MalformedEntry."""
+    if not isinstance(obj, Mapping):
+        return None
+    ts = obj.get("timestamp") or obj.get("receiveTimestamp")
+    log_name, insert_id = obj.get("logName"), obj.get("insertId")
+    if not (isinstance(ts, str) and isinstance(log_name, str) and log_name
+            and isinstance(insert_id, str) and insert_id):
+        return None
+    receive = obj.get("receiveTimestamp")
+    try:
+        if isinstance(receive, str):
+            parse_time(receive)  # from_json refuses an entry whose receive time is not one
+        return parse_time(ts)
+    except MalformedEntry:
+        return None
+
+
 class FileSource:
     """Entries from a `gcloud logging read --format=json` export or a JSON-lines file."""
 
@@ -195,12 +215,15 @@ class FileSource:
         """The newest entry's timestamp, in one streaming pass: the clock of a replay.
 
         Not the first or the last entry: gcloud writes newest first, other tools oldest first.
-        Malformed entries are ignored silently here; `read` reports them.
+        Malformed entries are ignored silently here; `read` reports them. Each record is
+        checked as `from_json` checks it (`_stamp`), not normalised: normalising is most of a
+        read's cost, and a replay pays this pass before it reads.
         """
         latest: datetime | None = None
-        for entry in self._entries(ReadStats(), warn=False):
-            if latest is None or entry.timestamp > latest:
-                latest = entry.timestamp
+        for _, obj in self._records():
+            t = _stamp(obj)
+            if t is not None and (latest is None or t > latest):
+                latest = t
         return latest
 
     # --- internals ---------------------------------------------------------------------------
