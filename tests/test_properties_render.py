@@ -32,6 +32,7 @@ from monitor.entries import EARLIEST, LATEST
 from monitor.notify.message import Action, Message
 from monitor.notify.render import render
 from monitor.notify.safe import MAX_BLOCKS, MAX_FIELD, MAX_HEADER, MAX_SECTION, MAX_TEXT
+from tests.test_render import texts
 
 # --- strategies -------------------------------------------------------------------------------
 
@@ -149,22 +150,6 @@ _OWN_LINK = re.compile(
 _ENTITY = re.compile(r"&(?!amp;|lt;|gt;)")
 
 
-def texts(blocks: list[dict[str, Any]]) -> list[str]:
-    """Every text string inside the blocks, wherever it sits."""
-    out: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("text"), str):
-                out.append(node["text"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(blocks)
-    return out
 
 
 def assert_inert(s: str, mention: str | None, where: str) -> None:
