@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import Any
 from monitor.config import Config
 from monitor.correlate.model import IncidentKind
 from monitor.entries import EntryKind, LogEntry
+from monitor.regex import compile_regex
 from monitor.report.facts import IncidentReport
 from monitor.sources.base import ReadStats, SourceError, Window
 
@@ -91,7 +91,7 @@ class _Match:
         self.service = inc.service
         self.start = inc.first_seen - margin
         self.end = inc.last_seen + timedelta(microseconds=1)
-        self.pattern = re.compile(rep.pattern or "")
+        self.pattern = compile_regex(rep.pattern or "")  # RE2, as the signal matched it
 
     def matches(self, entry: LogEntry) -> bool:
         return (entry.service == self.service and self.start <= entry.timestamp <= self.end
