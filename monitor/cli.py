@@ -32,7 +32,7 @@ from monitor.config import (
     unit_name,
 )
 from monitor.config import parse_duration as _parse_duration
-from monitor.entries import EARLIEST, LATEST, MalformedEntry, parse_time
+from monitor.entries import EARLIEST, LATEST, MalformedEntry, TimeOutOfRange, parse_time
 from monitor.instance import instance_id
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
@@ -67,10 +67,10 @@ class TimeParam(click.ParamType[datetime]):
             return value
         try:
             return parse_time(value)
-        except MalformedEntry as exc:
-            if "out of range" in str(exc):
-                self.fail(f"{value!r} is out of range (years {EARLIEST.year} to "
-                          f"{LATEST.year - 1})", param, ctx)
+        except TimeOutOfRange:
+            self.fail(f"{value!r} is out of range (years {EARLIEST.year} to "
+                      f"{LATEST.year - 1})", param, ctx)
+        except MalformedEntry:
             self.fail(f"{value!r} is not an RFC3339 time (e.g. 2025-12-13T02:00:00Z)", param, ctx)
 
 
@@ -208,8 +208,8 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     failed = [r.error for r in results if r.error]
     if failed:
         _fail(EXIT_INCOMPLETE, f"check could not complete: {failed[0]}")
-    owed = sum(r.delivery.failed + r.delivery.waiting for r in results)
-    if owed:  # failed now, or waiting out a retry's backoff: either way not yet delivered
+    owed = sum(r.delivery.owed for r in results)
+    if owed:
         _fail(EXIT_INCOMPLETE, f"{owed} notification(s) not delivered yet; they stay queued "
                                "and are sent by the next check")
     led = [unit_name(u) for u, r in zip(config.units, results, strict=True) if r.read_only]

@@ -36,6 +36,10 @@ class MalformedEntry(ValueError):
     """An entry that cannot be normalised; sources count it and skip it."""
 
 
+class TimeOutOfRange(MalformedEntry):
+    """A well-formed time outside EARLIEST .. LATEST."""
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     insert_id: str
@@ -86,7 +90,7 @@ def parse_time(value: str) -> datetime:
     try:
         return checked_time(t.astimezone(UTC))
     except OverflowError:  # year 1 with a positive offset
-        raise MalformedEntry(f"timestamp {value!r} is out of range") from None
+        raise TimeOutOfRange(f"timestamp {value!r} is out of range") from None
 
 
 # The times the monitor reasons about. Outside them an entry cannot be real (Cloud Logging keeps
@@ -98,7 +102,7 @@ LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 def checked_time(t: datetime) -> datetime:
     """`t`, or MalformedEntry when it lies outside EARLIEST .. LATEST."""
     if not EARLIEST <= t < LATEST:
-        raise MalformedEntry(f"timestamp {t.isoformat()} is out of range "
+        raise TimeOutOfRange(f"timestamp {t.isoformat()} is out of range "
                              f"({EARLIEST.year}..{LATEST.year - 1})")
     return t
 
@@ -164,7 +168,13 @@ def _name(value: Any) -> str:
     """A name as text that any store can hold: a lone surrogate (a JSON export may escape one,
     `"\\ud800"`) becomes U+FFFD; SQLite and PostgreSQL refuse to encode it, on every commit."""
     text = str(value)
-    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+    return text if text.isascii() else replace_surrogates(text)
+
+
+def replace_surrogates(text: str) -> str:
+    """Each lone surrogate as U+FFFD, one character for one, so positions stay: UTF-8 (a
+    store, RE2, a URL) cannot encode one."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -43,7 +43,7 @@ def result_json(result: CycleResult) -> dict[str, Any]:
             "entries_skipped": result.stats.entries_skipped,
             "api_requests": result.stats.api_requests,
             "notifications_sent": result.delivery.sent,
-            "notifications_waiting": result.delivery.failed + result.delivery.waiting,
+            "notifications_waiting": result.delivery.owed,
         },
         "read_only": result.read_only,
     }

@@ -10,11 +10,12 @@ Explorer link and here. What RE2 refuses (look-arounds, back-references) is a co
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import re2
+
+from monitor.entries import replace_surrogates
 
 
 class Match(Protocol):
@@ -50,11 +51,8 @@ class Regex:
             found: Match | None = self._compiled.search(text, pos)
         except UnicodeEncodeError:  # a lone surrogate (a JSON export may escape one): RE2
             # reads UTF-8, which cannot hold it; U+FFFD in its place keeps every position
-            found = self._compiled.search(_SURROGATE.sub("\ufffd", text), pos)
+            found = self._compiled.search(replace_surrogates(text), pos)
         return found
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def compile_regex(pattern: str) -> Regex:

@@ -24,10 +24,10 @@ ERRORS = "spector:missing-session-table:20251204T210308Z"
 MIGRATION = "spector:migration-failed:20251205T031014Z"
 
 
-def demo_config(tmp_path: Path) -> Path:
+def demo_config(tmp_path: Path, export: Path = EXPORT) -> Path:
     """examples/config.yaml with absolute paths and its state in `tmp_path`, replayed once."""
     text = (EXAMPLES / "config.yaml").read_text()
-    text = text.replace("path: spector-incident.json", f"path: {EXPORT}")
+    text = text.replace("path: spector-incident.json", f"path: {export}")
     text = text.replace("sqlite:///.monitor/demo.db", f"sqlite:///{tmp_path}/state.db")
     path = tmp_path / "config.yaml"
     path.write_text(text)

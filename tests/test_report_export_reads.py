@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from monitor import web
-from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.report import build
 from monitor.report.chart import error_series
 from monitor.report.html import report_html
 from monitor.sources.file import FileSource
 from monitor.store import open_store
+from tests.test_report import demo_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ERRORS = "spector:missing-session-table:20251204T210308Z"
@@ -36,14 +35,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     tmp = tmp_path_factory.mktemp("reads")
     export = tmp / "export.json"
     export.write_bytes((EXAMPLES / "spector-incident.json").read_bytes())
-    text = (EXAMPLES / "config.yaml").read_text()
-    text = text.replace("path: spector-incident.json", f"path: {export}")
-    text = text.replace("sqlite:///.monitor/demo.db", f"sqlite:///{tmp}/state.db")
-    path = tmp / "config.yaml"
-    path.write_text(text)
-    result = CliRunner().invoke(main, ["once", "--config", str(path)])
-    assert result.exit_code == 0, result.output
-    return load_config(path)
+    return load_config(demo_config(tmp, export))
 
 
 @pytest.fixture

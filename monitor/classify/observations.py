@@ -90,11 +90,6 @@ class RequestServed:
         """Served without a server error: the revision ran (its facts count these)."""
         return self.status < 500
 
-    @property
-    def succeeded(self) -> bool:
-        """What shows the work succeeds: a 2xx or 3xx that was not a static asset."""
-        return 200 <= self.status < 400 and not self.asset
-
 
 @dataclass(frozen=True, slots=True)
 class InstanceStopped:

@@ -53,6 +53,11 @@ class Delivery:
     def ok(self) -> bool:
         return self.failed == 0
 
+    @property
+    def owed(self) -> int:
+        """Messages not delivered yet: failed now, or waiting out a retry's backoff."""
+        return self.failed + self.waiting
+
 
 def retry_at(error: DeliveryError, attempts: int, now: datetime) -> datetime:
     """When to try again: Slack's Retry-After when it gave one, else 2^attempts s, capped."""
