@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -163,20 +163,35 @@ class ClockBehind(ValueError):
         self.unit, self.now, self.last = unit, now, last
 
 
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What a long step looks at between entries, pages and sends: a shutdown (`stop`: the
+    step is abandoned, Cancelled) and the unit's lease (`keep_alive`: renewed when due, so a
+    check longer than the lease keeps it; LeaseLost when another instance took it over)."""
+
+    stop: threading.Event | None = None
+    keep_alive: Callable[[], None] | None = None
+
+    def __call__(self, doing: str) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Cancelled(f"shutting down {doing}")
+        if self.keep_alive is not None:
+            self.keep_alive()
+
+
 def fresh_entries(store: Store, entries: Iterator[LogEntry],
-                  stop: threading.Event | None = None) -> list[LogEntry]:
+                  watch: Watch = Watch()) -> list[LogEntry]:
     """Entries not processed before: deduplicated by (log name, insert id)."""
     batch: dict[str, LogEntry] = {}
     for entry in entries:
-        if stop is not None and stop.is_set():
-            raise Cancelled("shutting down while reading")
+        watch("while reading")
         batch.setdefault(entry.key, entry)
     already = store.seen_keys(list(batch))
     return [e for k, e in batch.items() if k not in already]
 
 
 def fresh_pages(store: Store, source: Source, window: Window, stats: ReadStats,
-                stop: threading.Event | None = None) -> Generator[list[LogEntry]]:
+                watch: Watch = Watch()) -> Generator[list[LogEntry]]:
     """What the cycle classifies and folds, a page at a time, deduplicated as `fresh_entries`.
 
     A live source's read is bounded by its budget and in timestamp order: it is read here,
@@ -186,8 +201,8 @@ def fresh_pages(store: Store, source: Source, window: Window, stats: ReadStats,
     with the export.
     """
     if source.live:
-        return _one(fresh_entries(store, source.read(window, stats), stop))
-    return _replayed(store, source.read(window, stats), stop)
+        return _one(fresh_entries(store, source.read(window, stats), watch))
+    return _replayed(store, source.read(window, stats), watch)
 
 
 def _one(page: list[LogEntry]) -> Generator[list[LogEntry]]:
@@ -195,21 +210,18 @@ def _one(page: list[LogEntry]) -> Generator[list[LogEntry]]:
 
 
 def _replayed(store: Store, entries: Iterator[LogEntry],
-              stop: threading.Event | None) -> Generator[list[LogEntry]]:
-    pages = replay.replay_pages(_until_stopped(entries, stop), replay.PAGE_ENTRIES)
+              watch: Watch) -> Generator[list[LogEntry]]:
+    pages = replay.replay_pages(_watched(entries, watch), replay.PAGE_ENTRIES)
     with contextlib.closing(pages):
         for page in pages:
-            if stop is not None and stop.is_set():
-                raise Cancelled("shutting down while replaying")
+            watch("while replaying")
             already = store.seen_keys([e.key for e in page])
             yield [e for e in page if e.key not in already] if already else page
 
 
-def _until_stopped(entries: Iterator[LogEntry],
-                   stop: threading.Event | None) -> Iterator[LogEntry]:
+def _watched(entries: Iterator[LogEntry], watch: Watch) -> Iterator[LogEntry]:
     for entry in entries:
-        if stop is not None and stop.is_set():
-            raise Cancelled("shutting down while reading")
+        watch("while reading")
         yield entry
 
 
@@ -228,12 +240,15 @@ def run_cycle(
     dry_run: bool = False,
     stop: threading.Event | None = None,
     lease: Lease | None = None,
+    keep_alive: Callable[[], None] | None = None,
 ) -> CycleResult:
     """One cycle for one unit of work. With `stop` set (shutdown), it is abandoned before its
     commit and raises Cancelled: the checkpoint stays, the next run reads the same entries.
 
     With `lease`, every write is fenced by it (store/base.py): if another instance took the
-    unit over meanwhile, LeaseLost is raised and nothing of this cycle was written or sent."""
+    unit over meanwhile, LeaseLost is raised and nothing of this cycle was written or sent.
+    `keep_alive` is called between entries, pages and sends (see `Watch`)."""
+    watch = Watch(stop, keep_alive)
     lateness = config.poll.max_lateness
     checkpoint = store.checkpoint(unit)
     if not dry_run and checkpoint is not None and now < checkpoint.until:
@@ -250,7 +265,7 @@ def run_cycle(
     seen: dict[str, datetime] = {}
     try:
         # 1. read what has not been seen, a page at a time (a live read is done on return)
-        with contextlib.closing(fresh_pages(store, source, window, stats, stop)) as pages:
+        with contextlib.closing(fresh_pages(store, source, window, stats, watch)) as pages:
             fold = Fold(health.state, rules=Rules.from_config(config, unit),
                         complete_until=complete_until(source, window, stats, now, lateness))
             for page in pages:
@@ -263,7 +278,7 @@ def run_cycle(
     except SourceError as exc:
         return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
                             window=window, stats=stats, error=exc, dry_run=dry_run,
-                            lease=lease)
+                            lease=lease, keep_alive=keep_alive)
     outcome = fold.finish(now)
     transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
@@ -272,8 +287,7 @@ def run_cycle(
                          dry_run=dry_run)
     if dry_run:
         return result
-    if stop is not None and stop.is_set():
-        raise Cancelled("shutting down before the commit")
+    watch("before the commit")
     # 5. commit state, dedupe keys, checkpoint and outbox in one transaction
     moved = next_checkpoint(window, stats, now, checkpoint)
     # No later read starts before moved.until - lateness (plan_window): older keys can go.
@@ -292,14 +306,15 @@ def run_cycle(
         lease=lease,
     ))
     # 6. deliver what is queued (this cycle's and any left by an earlier failure), in order
-    result.delivery = deliver(store, notifier, unit, lease, stop=stop)
+    result.delivery = deliver(store, notifier, unit, lease, stop=stop, keep_alive=keep_alive)
     return result
 
 
 def deliver(store: Store, notifier: Notifier, unit: str, lease: Lease | None,
-            stop: threading.Event | None = None, deadline: float | None = None) -> Delivery:
+            stop: threading.Event | None = None, deadline: float | None = None,
+            keep_alive: Callable[[], None] | None = None) -> Delivery:
     """Drain the outbox; under a lease, only this unit's messages, each step fenced by it."""
-    return drain(store, notifier, stop=stop, deadline=deadline,
+    return drain(store, notifier, stop=stop, deadline=deadline, keep_alive=keep_alive,
                  leases={unit: lease} if lease is not None else None)
 
 
@@ -319,7 +334,8 @@ def _summary(now: datetime, stats: ReadStats, transitions: int,
 
 def _failed_read(config: Config, store: Store, notifier: Notifier, state: State, *, unit: str,
                  project: str | None, now: datetime, window: Window, stats: ReadStats,
-                 error: SourceError, dry_run: bool, lease: Lease | None) -> CycleResult:
+                 error: SourceError, dry_run: bool, lease: Lease | None,
+                 keep_alive: Callable[[], None] | None) -> CycleResult:
     """The read failed: nothing read is used, the checkpoint stays, the failure is counted.
 
     Entries yielded before the failure are dropped rather than half-used: the next cycle reads
@@ -334,5 +350,5 @@ def _failed_read(config: Config, store: Store, notifier: Notifier, state: State,
         store.commit_cycle(health.state, CycleRecord(
             unit=unit, checkpoint=None, seen={}, forget_before=None, messages=messages,
             summary=_summary(now, stats, len(health.transitions), str(error)), lease=lease))
-        result.delivery = deliver(store, notifier, unit, lease)
+        result.delivery = deliver(store, notifier, unit, lease, keep_alive=keep_alive)
     return result

@@ -9,11 +9,13 @@ owes is not delivered yet), 4 checked read-only because another instance leads t
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
 import sqlite3
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -23,6 +25,7 @@ import yaml
 from monitor import logs, notify, sources
 from monitor.check import ClockBehind, CycleResult, run_cycle
 from monitor.config import (
+    SEND_MARGIN,
     Config,
     ConfigError,
     default_config_path,
@@ -34,6 +37,7 @@ from monitor.config import (
 from monitor.config import parse_duration as _parse_duration
 from monitor.entries import EARLIEST, LATEST, MalformedEntry, TimeOutOfRange, parse_time
 from monitor.instance import instance_id
+from monitor.leadership import Keeper
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
 from monitor.notify.safe import scrub
@@ -157,11 +161,16 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     holder = f"once-{instance_id()}"
     leases: dict[str, Lease] = {}
     try:
+        # The clocks first: a replay's is a pass over the export, which needs no lease.
+        checks = [(unit, source, now_ or _clock(source)) for unit in config.units
+                  for source in [sources.build(config, unit)]]
+        sent = time.monotonic()
         if not dry_run:
             leases = {lease.unit: lease for lease in store.claim(
                 holder, config.unit_names, config.lease, len(config.units))}
-        for unit in config.units:
-            source = sources.build(config, unit)
+        keeper = Keeper(store, config.lease, timedelta(seconds=notifier.timeout) + SEND_MARGIN,
+                        dict(leases), sent)
+        for unit, source, now in checks:
             name = unit_name(unit)
             lease = leases.get(name)
             if lease is None and not dry_run:
@@ -172,11 +181,12 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
                 unit=name,
                 services=unit.services,
                 project=unit.project,
-                now=now_ or _clock(source),
+                now=now,
                 since=since,
                 default_lookback=config.poll.first_lookback if source.live else None,
                 dry_run=dry_run or lease is None,
                 lease=lease,
+                keep_alive=functools.partial(keeper.keep, name) if lease is not None else None,
             ))
             results[-1].read_only = lease is None and not dry_run
     except CredentialsError as exc:

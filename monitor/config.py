@@ -38,6 +38,7 @@ from pydantic import (
 
 from monitor.classify.requests import DEFAULT_IGNORE_PATHS
 from monitor.regex import Regex, RegexError, compile_regex
+from monitor.text import not_utf8
 
 DEFAULT_PATH = "config.yaml"
 
@@ -475,13 +476,6 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         source = config.source.model_copy(update={"path": p.parent / config.source.path})
         config = config.model_copy(update={"source": source})
     return config
-
-
-def not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
-    """Where a decode failed, as an editor shows it: `byte 0xff at line 3, column 7`."""
-    line = data.count(b"\n", 0, exc.start) + 1
-    column = len(data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8", "replace"))
-    return f"byte 0x{data[exc.start]:02x} at line {line}, column {column + 1}"
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> str:

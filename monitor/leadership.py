@@ -200,6 +200,52 @@ class Leadership:
         return f"leader of {', '.join(parts)}; {self.alive} instance(s) alive"
 
 
+@dataclass
+class Keeper:
+    """The leases `monitor once` holds, kept for as long as its check runs.
+
+    `monitor run` renews every tick; `once` has no ticks, and one check of a long export (a
+    million entries), or a long queue at Slack's pace, can outlast a lease. Then another
+    instance may claim the unit mid-check (this commit is refused: exit 3), and even unclaimed,
+    sends stop (none starts without `min_left` of lease: LeaseEnding, exit 3 with messages
+    owed). So the cycle calls `keep(unit)` between entries, pages and sends (check.Watch); it
+    costs a clock read until a lease has used a third of its time, or has less left than a
+    send needs, and then renews every held lease (later units' too: they wait their turn).
+    """
+
+    store: Store
+    ttl: timedelta
+    min_left: timedelta  # what a send needs (the notifier's timeout and a margin)
+    leases: dict[str, Lease]
+    sent: float  # the monotonic clock before the claim that returned `leases`
+    clock: Callable[[], float] = time.monotonic
+    until: dict[str, float] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)
+    renewals: int = 0
+
+    def __post_init__(self) -> None:
+        self.until = {unit: _until(self.sent, lease) for unit, lease in self.leases.items()}
+
+    def keep(self, unit: str) -> None:
+        """Renew what is due; LeaseLost if `unit`'s lease was taken over (now or earlier)."""
+        need = max(self.ttl.total_seconds() * 2 / 3, self.min_left.total_seconds())
+        if any(self.until[u] - self.clock() < need for u in self.leases):
+            for held, lease in sorted(self.leases.items()):
+                sent = self.clock()
+                renewed = self.store.renew(lease, self.ttl)
+                if renewed is None:
+                    log.warning("lease of %s lost (token %d): another instance took it over",
+                                held, lease.token)
+                    del self.leases[held]
+                    self.lost.add(held)
+                    continue
+                self.leases[held] = renewed
+                self.until[held] = _until(sent, renewed)
+                self.renewals += 1
+        if unit in self.lost:
+            raise LeaseLost(f"unit {unit}: the lease was taken over during this check")
+
+
 def _until(sent: float, lease: Lease) -> float:
     """When `lease` surely still holds, by the monotonic clock: its time left as the store
     answered, counted from before the request (so never later than the store's expiry)."""

@@ -17,6 +17,7 @@ SECTIONS = [
     "## Targets",
     "## Throughput: a whole cycle against the bare client",
     "## Memory: one cycle over a backlog",
+    "## Memory: `monitor once` replaying an export",
     "## API cost: requests per check",
     "## Memory: `monitor run` over",
     "## Detection latency: log entry to Slack",

@@ -142,3 +142,22 @@ def test_a_lone_surrogate_in_a_revision_name_commits_and_commits_again(tmp_path)
     assert once(config).exit_code == 0  # the next run of the same export too
     (incident,) = json.loads(first.stdout)["incidents"]
     assert incident["revisions"] == {"spector-\ufffd": 2}
+
+
+def test_a_check_longer_than_its_lease_keeps_it_and_owes_nothing(tmp_path, slack_server):
+    """`once` has no ticks to renew on: a check that outlasts its lease (here five messages
+    paced 1.25 s apart: 5 s of a 3 s lease) keeps renewing it, so every send still has
+    slack.timeout + 1 s of lease left and nothing waits (it used to exit 3, owing four)."""
+    config = write_config(tmp_path, small_incident(), slack_config(slack_server).replace(
+        "min_interval: 0s", "min_interval: 1.25s, timeout: 1s") + "poll: {interval: 1s}\n")
+    config.write_text(config.read_text().replace("state.db'}", "state.db', lease: 3s}"))
+    result = once(config, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["stats"]["notifications_sent"], doc["stats"]["notifications_waiting"]) == (5, 0)
+    assert len(roots(slack_server, "#alerts")) == 1
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    try:
+        assert store.queued() == []
+    finally:
+        store.close()

@@ -356,8 +356,83 @@ def test_not_json_is_a_clear_source_error(tmp_path: Path) -> None:
 def test_invalid_utf8_is_a_clear_source_error(tmp_path: Path) -> None:
     path = tmp_path / "export.json"
     path.write_bytes(b'[{"textPayload": "\xff\xfe"}]')
-    with pytest.raises(SourceError, match=r"export\.json: cannot read"):
+    with pytest.raises(SourceError) as exc:
         read_all(FileSource(path))
+    assert str(exc.value) == f"{path}: not UTF-8: byte 0xff at line 1, column 19"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 7, 65536])
+def test_a_bad_utf8_byte_is_located_at_its_true_line_and_column(
+        tmp_path: Path, gz: bool, chunk_size: int) -> None:
+    """Far past the first chunk, after multi-byte characters and a byte order mark: the line
+    and column an editor shows (columns count characters), gzip or not, whatever the chunk."""
+    good = [entry(i, text=f"caf\u00e9 \u2603 {i}") for i in range(3000)]
+    body = b"\xef\xbb\xbf" + json.dumps(good, indent=2, ensure_ascii=False).encode()
+    lines = body.split(b"\n")
+    target = next(i for i, line in enumerate(lines) if b"line" not in line and b"2999" in line)
+    at = lines[target].index(b"2999")
+    lines[target] = lines[target][:at] + b"\xc3(" + lines[target][at:]
+    raw = b"\n".join(lines)
+    path = tmp_path / "export.json"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    column = len(lines[target][:at].decode()) + 1
+    with pytest.raises(SourceError) as exc:
+        read_all(FileSource(path, chunk_size=chunk_size))
+    assert str(exc.value) == f"{path}: not UTF-8: byte 0xc3 at line {target + 1}, column {column}"
+    assert target > 10_000 and column > 10
+
+
+def test_a_utf8_sequence_cut_at_the_end_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "export.json"
+    path.write_bytes(b'[\n  {"a": "\xe2\x98\x83"}]\n\xe2\x98')
+    with pytest.raises(SourceError) as exc:
+        read_all(FileSource(path))
+    assert str(exc.value) == f"{path}: not UTF-8: byte 0xe2 at line 3, column 1"
+
+
+# The REST API's entries:list answers `{"entries": [...], "nextPageToken": "..."}`
+# (ListLogEntriesResponse: https://cloud.google.com/logging/docs/reference/v2/rest/v2/entries/list);
+# saved from curl or an API explorer it is neither an array nor JSON lines.
+@pytest.mark.parametrize("indent", [None, 2])
+def test_an_api_response_object_says_what_it_is(tmp_path: Path, indent: int | None) -> None:
+    path = tmp_path / "response.json"
+    path.write_text(json.dumps({"entries": [entry(0), entry(1)], "nextPageToken": "EAE4yP"},
+                               indent=indent) + "\n")
+    with pytest.raises(SourceError) as exc:
+        read_all(FileSource(path))
+    assert str(exc.value) == (
+        f'{path}: line 1 is a JSON object holding the entries under "entries", not a log '
+        "export: give the array itself (jq '.entries'), or the output of `gcloud logging read "
+        "--format=json`")
+
+
+def test_an_entry_whose_first_field_is_an_array_is_still_an_entry(tmp_path: Path) -> None:
+    """LogEntry's one array field (errorGroups) first, as a key-sorting writer puts it."""
+    first = {"errorGroups": [{"id": "COzPkc6ZgJm0Mg"}], **entry(0)}
+    got, _ = read_all(FileSource(write_lines(tmp_path / "e.json", [first, entry(1)])))
+    assert [e.insert_id for e in got] == ["id000000", "id000001"]
+
+
+def test_text_after_a_json_line_is_a_skipped_record(tmp_path: Path) -> None:
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(entry(0)) + " trailing\n" + json.dumps(entry(1)) + "\n")
+    got, stats = read_all(FileSource(path))
+    assert [e.insert_id for e in got] == ["id000001"] and stats.entries_skipped == 1
+
+
+def test_a_number_past_python_int_limit_is_read_as_its_digits(tmp_path: Path) -> None:
+    """Python refuses to convert more than 4,300 digits to an int; the entry is still read."""
+    big = "9" * 5000
+    raw = json.dumps(entry(0)).replace('"severity"', f'"jsonPayload": {{"n": {big}}}, "severity"')
+    path = tmp_path / "e.json"
+    path.write_text(f"[{raw}, {json.dumps(entry(1))}]")
+    lines = tmp_path / "l.json"
+    lines.write_text(f"{raw}\n{json.dumps(entry(1))}\n")
+    for p in (path, lines):
+        got, stats = read_all(FileSource(p))
+        assert [e.insert_id for e in got] == ["id000000", "id000001"], p
+        assert stats.entries_skipped == 0
 
 
 def test_pretty_printed_objects_are_refused_with_a_hint(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from monitor.check import Cancelled
 from monitor.correlate.state import State
 from monitor.instance import gone_locally, instance_id
-from monitor.leadership import Change, Leadership, Plan, plan
+from monitor.leadership import Change, Keeper, Leadership, Plan, plan
 from monitor.sources.base import ReadStats, Window
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
@@ -258,3 +258,61 @@ def test_a_live_process_or_another_host_or_garbage_is_not_gone(dead_pid, monkeyp
     holder = here(dead_pid)
     assert holder.startswith(f"spector-00042-wex-{dead_pid}-")
     assert gone_locally(holder)
+
+
+# --- Keeper: the leases of `monitor once` ---------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def expiries(store) -> dict[str, datetime]:
+    return {info.unit: info.expires_at for info in store.leases()}
+
+
+def test_the_keeper_renews_every_lease_once_a_third_of_it_has_passed(stores):
+    store, clock = stores(), Clock()
+    leases = {lease.unit: lease for lease in store.claim("once-a", UNITS, MINUTE, 3)}
+    keeper = Keeper(store, MINUTE, timedelta(seconds=11), dict(leases), sent=0.0, clock=clock)
+    before = expiries(store)
+    clock.t = 19.0
+    keeper.keep("u1")
+    assert keeper.renewals == 0 and expiries(store) == before  # a clock read, nothing more
+    clock.t = 21.0
+    keeper.keep("u1")
+    assert keeper.renewals == 3  # the later units' too: they wait their turn
+    assert all(expiries(store)[u] > before[u] for u in UNITS)
+    assert {u: lease.token for u, lease in keeper.leases.items()} == {u: 1 for u in UNITS}
+    clock.t = 21.0 + 19.0
+    keeper.keep("u3")
+    assert keeper.renewals == 3
+
+
+def test_the_keeper_renews_when_a_send_needs_more_than_two_thirds_of_the_lease(stores):
+    store, clock = stores(), Clock()
+    ttl = timedelta(seconds=12)
+    leases = {lease.unit: lease for lease in store.claim("once-a", ["u1"], ttl, 1)}
+    keeper = Keeper(store, ttl, timedelta(seconds=11), dict(leases), sent=0.0, clock=clock)
+    keeper.keep("u1")
+    assert keeper.renewals == 0
+    clock.t = 1.5  # 10.5 s left: too little for a send that needs 11
+    keeper.keep("u1")
+    assert keeper.renewals == 1
+
+
+def test_the_keeper_says_a_unit_taken_over_is_lost_and_keeps_the_others(stores):
+    store, clock = stores(), Clock()
+    ttl = timedelta(milliseconds=300)
+    leases = {lease.unit: lease for lease in store.claim("once-a", UNITS, ttl, 3)}
+    keeper = Keeper(store, ttl, timedelta(0), dict(leases), sent=0.0, clock=clock)
+    claim_when_expired(stores(), "run-b", "u2")  # once was slow; an instance of run took u2
+    clock.t = 10.0
+    keeper.keep("u1")
+    assert sorted(keeper.leases) == ["u1", "u3"] and keeper.lost == {"u2"}
+    with pytest.raises(LeaseLost, match="u2: the lease was taken over during this check"):
+        keeper.keep("u2")

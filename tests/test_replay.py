@@ -17,7 +17,7 @@ import re
 import tempfile
 import threading
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,16 @@ from monitor.config import load_config
 from monitor.correlate.incidents import Fold, advance
 from monitor.correlate.state import Rules, State
 from monitor.entries import EntryKind, LogEntry
+from monitor.leadership import Keeper
 from monitor.notify.console import ConsoleNotifier
 from monitor.sources import replay
 from monitor.sources.base import ReadStats, Window
 from monitor.sources.file import FileSource
 from monitor.sources.replay import event_order, replay_pages
 from monitor.store import open_store
+from monitor.store.base import LeaseLost
 from tests.helpers import line
+from tests.test_store import claim_when_expired
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPORT = EXAMPLES / "spector-incident.json"  # 1,601 entries, newest first: it spills
@@ -336,3 +339,30 @@ def test_a_replay_stopped_midway_saves_nothing_and_leaves_no_spill(tmp_path, mon
     finally:
         store.close()
     assert list(spill.iterdir()) == []
+
+
+def test_a_replay_whose_lease_is_taken_over_midway_saves_and_sends_nothing(tmp_path):
+    """`monitor once` renews its lease as a long replay goes on (leadership.Keeper); when the
+    renewal finds another instance took the unit over, the replay stops before its commit."""
+    shipped = load_config(EXAMPLES / "config.yaml")
+    config = shipped.model_copy(update={"state": shipped.state.model_copy(
+        update={"url": f"sqlite:///{tmp_path}/state.db"})})
+    store, other = open_store(config.state.url), open_store(config.state.url)
+    ttl = timedelta(milliseconds=300)
+    (lease,) = store.claim("once-a", ["spector-prod"], ttl, 1)
+    ticks = iter(range(0, 10**9, 60))  # a minute passes between two looks at the clock
+    keeper = Keeper(store, ttl, timedelta(0), {"spector-prod": lease}, sent=0.0,
+                    clock=lambda: float(next(ticks)))
+    source = FileSource(EXPORT)
+    now = source.latest_timestamp() or datetime.now(UTC)
+    try:
+        claim_when_expired(other, "run-b", "spector-prod")
+        with pytest.raises(LeaseLost, match="taken over during this check"):
+            run_cycle(config, store, source, ConsoleNotifier(io.StringIO()), unit="spector-prod",
+                      services=["spector"], project="spector-prod", now=now, lease=lease,
+                      keep_alive=lambda: keeper.keep("spector-prod"))
+        assert store.checkpoint("spector-prod") is None
+        assert store.load_state("spector-prod").incidents == {} and store.queued() == []
+    finally:
+        store.close()
+        other.close()

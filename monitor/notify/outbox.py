@@ -94,10 +94,12 @@ def drain(
     stop: threading.Event | None = None,
     sleep: Callable[[float], object] = time.sleep,
     leases: Mapping[str, Lease] | None = None,
+    keep_alive: Callable[[], None] | None = None,
 ) -> Delivery:
     """Send what is due. Stops early (the rest stays queued) at `deadline` (monotonic seconds)
     or when `stop` is set: a shutdown sends what it can within its grace period. With `leases`,
-    only the messages of those units, each step fenced by its unit's lease."""
+    only the messages of those units, each step fenced by its unit's lease; `keep_alive`, called
+    right before each send starts, renews them when due (a long delivery by `monitor once`)."""
     now = now or datetime.now(UTC)
     result = Delivery()
     blocked: set[str] = set()
@@ -137,7 +139,8 @@ def drain(
                 continue
         try:
             try:
-                thread = _deliver(store, notifier, queued, root, pacer, result, lease)
+                thread = _deliver(store, notifier, queued, root, pacer, result, lease,
+                                  keep_alive)
             except DeliveryError as exc:
                 store.mark_failed(queued, str(exc), retry_at(exc, queued.attempts + 1, now),
                                   lease=lease)
@@ -175,7 +178,8 @@ def _out_of_doubt(queued: Queued, timeout: float, wait: Callable[[float], object
 
 
 def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | None,
-             pacer: _Pacer, result: Delivery, lease: Lease | None) -> Thread:
+             pacer: _Pacer, result: Delivery, lease: Lease | None,
+             keep_alive: Callable[[], None] | None) -> Thread:
     message = queued.message
     if queued.attempts > 0:  # an earlier try may have arrived: look before posting again
         try:
@@ -194,6 +198,8 @@ def _deliver(store: Store, notifier: Notifier, queued: Queued, root: Thread | No
             return found
     linked = store.thread(message.link_thread_of) if message.link_thread_of else None
     pacer.wait(message.channel)
+    if keep_alive is not None:  # after the wait: the send starts now
+        keep_alive()
     store.mark_attempt(queued, lease, min_left=timedelta(seconds=notifier.timeout) + SEND_MARGIN)
     try:
         thread = notifier.send(message, root, linked)

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from monitor.entries import LogEntry, MalformedEntry, from_json, parse_time
 from monitor.sources.base import ReadStats, SourceError, Window
+from monitor.text import first_bad_utf8
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,13 @@ MAX_WARNINGS = 100  # per pass; the rest are counted and summarised in one line
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _NON_WS = re.compile(r"[^ \t\n\r]")
-_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+# What may still follow a bare number that a chunk cut: `0.`, `1e`, `1e+` decode as a shorter one.
+_NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
+# The first member of an object that wraps entries rather than being one: `{"entries": [` (what
+# the REST API's entries:list answers) or any other `"key": [` but LogEntry's one array field.
+_WRAPPER = re.compile(r'\s*\{?\s*"([^"\\]{1,64})"\s*:\s*\[')
+_ENTRY_ARRAYS = frozenset({"errorGroups"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +252,14 @@ class FileSource:
         finally:
             skips.finish()
 
-    def _open(self) -> TextIO:
+    def _open(self, binary: bool = False) -> Any:
         try:
             with self.path.open("rb") as f:
                 magic = f.read(2)
             if magic == _GZIP_MAGIC:
-                return gzip.open(self.path, "rt", encoding="utf-8-sig")
-            return self.path.open("r", encoding="utf-8-sig")
+                return gzip.open(self.path, "rb") if binary else gzip.open(
+                    self.path, "rt", encoding="utf-8-sig")
+            return self.path.open("rb") if binary else self.path.open("r", encoding="utf-8-sig")
         except FileNotFoundError:
             raise SourceError(f"{self.path}: no such file") from None
         except IsADirectoryError:
@@ -259,8 +267,24 @@ class FileSource:
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
 
+    def _not_utf8(self) -> str:
+        """Where the export stops being UTF-8 (a second pass over its bytes: only on error)."""
+        try:
+            with self._open(binary=True) as raw:
+                where = first_bad_utf8(iter(lambda: raw.read(DEFAULT_CHUNK_SIZE), b""))
+        except _READ_ERRORS:
+            where = None
+        return f"{self.path}: not UTF-8: {where or 'a byte that is not UTF-8'}"
+
     def _records(self) -> Iterator[tuple[str, Any]]:
         """(position, decoded value or _Bad) for every record in the file, in file order."""
+        try:
+            yield from self._decoded()
+        except UnicodeDecodeError:
+            raise SourceError(self._not_utf8()) from None
+
+    def _decoded(self) -> Iterator[tuple[str, Any]]:
+        stream: TextIO
         with self._open() as stream:
             buf = _Buffer(stream, self.path, self.chunk_size)
             try:
@@ -332,7 +356,7 @@ class FileSource:
         """Decode the array element starting at `buf.pos`, reading more text until it is whole."""
         while True:
             try:
-                value, end = decoder.raw_decode(buf.text, buf.pos)
+                value, end = _raw_decode(decoder, buf.text, buf.pos)
             except json.JSONDecodeError as exc:
                 pending = len(buf.text) - buf.pos
                 if not buf.eof and pending < self.max_entry_chars:
@@ -356,8 +380,9 @@ class FileSource:
                     f"the {n - 1} entries before it were read"
                 ) from None
             # An object, array or string ends with its own delimiter; a bare number or literal
-            # that reaches the end of the buffer may continue in the next chunk.
-            if end == len(buf.text) and not buf.eof and buf.text[end - 1] not in '}]"':
+            # that a chunk cut (`0.` of `0.5`, `tr` of `true`) may continue in the next one.
+            if (not buf.eof and buf.text[end - 1] not in '}]"'
+                    and _NUMBER_TAIL.fullmatch(buf.text, end) is not None):
                 buf.more(self.chunk_size)
                 continue
             buf.pos = end
@@ -389,22 +414,74 @@ class FileSource:
                 yield f"line {lineno}", _Bad(f"longer than {self.max_entry_chars} characters")
             elif line.strip():
                 if first and line.strip() == "{":
+                    self._refuse_wrapper(self._next_line(buf), None, lineno)
                     raise SourceError(
                         f"{self.path}: line {lineno} is a lone '{{': this looks like "
                         "pretty-printed JSON objects, not JSON lines; give the gcloud JSON "
                         "array itself, or one object per line (jq -c '.[]')"
                     )
+                record = self._decode_line(line)
+                if first:
+                    self._refuse_wrapper(line, record, lineno)
                 first = False
-                yield f"line {lineno}", self._decode_line(line)
+                yield f"line {lineno}", record
             if nl >= len(buf.text) and buf.eof:
                 return
             lineno += 1
 
+    def _refuse_wrapper(self, text: str, record: Any, lineno: int) -> None:
+        """An object that holds the entries in an array (`{"entries": [...]}`, the REST API's
+        answer) is not a JSON-lines file whose first entry is broken: say what it is."""
+        m = _WRAPPER.match(text)
+        if m is None or m[1] in _ENTRY_ARRAYS or (
+                isinstance(record, Mapping) and not isinstance(record.get(m[1]), list)):
+            return
+        raise SourceError(
+            f"{self.path}: line {lineno} is a JSON object holding the entries under "
+            f"\"{m[1]}\", not a log export: give the array itself (jq '.{m[1]}'), or the "
+            "output of `gcloud logging read --format=json`")
+
+    @staticmethod
+    def _next_line(buf: _Buffer) -> str:
+        """The line that starts at `buf.pos` (a peek: nothing is consumed), at most 4 KiB."""
+        while True:
+            end = buf.text.find("\n", buf.pos)
+            if end != -1 or buf.eof or len(buf.text) - buf.pos > 4096:
+                return buf.text[buf.pos:end if end != -1 else buf.pos + 4096]
+            buf.more(buf.chunk_size)
+
     @staticmethod
     def _decode_line(line: str) -> Any:
         try:
-            return json.loads(line)
+            value, end = _raw_decode(_LINE_DECODER, line, len(line) - len(line.lstrip()))
+            if line[end:].strip():
+                return _Bad(f"JSON syntax error at column {end + 1}: Extra data")
+            return value
         except json.JSONDecodeError as exc:
             return _Bad(f"JSON syntax error at column {exc.colno}: {exc.msg}")
         except RecursionError:
             return _Bad("nested too deeply to decode")
+
+
+_LINE_DECODER = json.JSONDecoder()
+# Python refuses to turn more than 4,300 digits into an int (CVE-2020-10735); an export may hold
+# such a number anywhere in a payload. Those integers are kept as their digits.
+_LONG_INT_DECODER = json.JSONDecoder(parse_int=lambda digits: _parse_int(digits))
+
+
+def _parse_int(digits: str) -> int | str:
+    try:
+        return int(digits)
+    except ValueError:
+        return digits
+
+
+def _raw_decode(decoder: json.JSONDecoder, text: str, pos: int) -> tuple[Any, int]:
+    """`decoder.raw_decode`, with integers too long for `int` kept as text instead of failing
+    (the slower decoder runs only for a value that needs it)."""
+    try:
+        return decoder.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return _LONG_INT_DECODER.raw_decode(text, pos)
