@@ -132,3 +132,33 @@ def test_a_bad_slack_token_is_reported_at_start_up(caplog):
     check_slack(SlackNotifier(slack.token, base_url=url, timeout=2))
     assert "Slack: cannot be reached (cannot reach Slack" in caplog.text
     assert "token does not work" not in caplog.text and slack.token not in caplog.text
+
+
+def test_a_clock_that_steps_back_skips_the_check_with_a_warning_until_it_passes(tmp_path,
+                                                                               caplog):
+    """`monitor run` on a host whose clock stepped back: no check (the checkpoint never moves
+    back, or the window would be read again and every alert in it posted as new), a warning,
+    a failure on /healthz; checks resume once the clock is past the last one."""
+    (tmp_path / "x.json").write_text("[]")
+    config = parse_config({"services": ["spector"], "poll": {"interval": "1s"},
+                           "source": {"type": "file", "path": str(tmp_path / "x.json")},
+                           "signals": [{"name": "s", "match": "x"}]}, env={})
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    now = [T0]
+    service = Service(config, store, ConsoleNotifier(io.StringIO()), clock=lambda: now[0])
+    try:
+        service.tick()
+        assert store.checkpoint("default").until == T0 and service.health.failures == 0
+        now[0] = T0 - timedelta(hours=1)
+        with caplog.at_level(logging.WARNING):
+            service.tick()
+        assert ("no check of default: 2026-11-25T11:00:00Z is before the last completed check "
+                "of default (2026-11-25T12:00:00Z)") in caplog.text
+        assert store.checkpoint("default").until == T0  # not moved back
+        assert service.health.failures == 1 and "before the last" in service.health.last_error
+        now[0] = T0 + timedelta(minutes=1)
+        service.tick()
+        assert store.checkpoint("default").until == T0 + timedelta(minutes=1)
+        assert service.health.last_ok == T0 + timedelta(minutes=1)
+    finally:
+        store.close()

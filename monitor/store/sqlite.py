@@ -283,7 +283,7 @@ class SQLiteStore:
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO seen (key, unit, ts) VALUES (?, ?, ?)",
-                [(_key(k), unit, _ts(ts)) for k, ts in record.seen.items()],
+                ((_key(k), unit, _ts(ts)) for k, ts in record.seen.items()),  # a replay's are many
             )
             if record.forget_before is not None:
                 db.execute("DELETE FROM seen WHERE unit = ? AND ts < ?",
