@@ -96,9 +96,9 @@ def measure(opts: Options, progress: Any = print) -> Section:
     from monitor import sources
     from monitor.check import run_cycle
     from monitor.config import parse_config
-    from monitor.entries import parse_time
     from monitor.notify.console import ConsoleNotifier
     from monitor.store import open_store
+    from monitor.times import parse_time
 
     section = Section("API cost: requests per check")
     signal_counts = [1, 5, 20, 50]

@@ -79,7 +79,7 @@ def _committed(db: Path) -> dict[str, float]:
     """When each outbox message was committed (wall clock), from the monitor's own store."""
     import sqlite3
 
-    from monitor.entries import parse_time
+    from monitor.times import parse_time
 
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT key, created_at FROM outbox").fetchall()

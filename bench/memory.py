@@ -65,9 +65,9 @@ def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
     from monitor import sources
     from monitor.check import run_cycle
     from monitor.config import parse_config
-    from monitor.entries import parse_time
     from monitor.notify.console import ConsoleNotifier
     from monitor.store import open_store
+    from monitor.times import parse_time
 
     state = Path(tempfile.mkdtemp(prefix="bench-mem-", dir=args["workdir"]))
     config = parse_config(config_dict(project=PROJECT, services=SERVICES,
@@ -91,7 +91,7 @@ def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def measure_cycles(opts: Options, emu: EmulatorProcess, sizes: list[int],
                    unbounded: dict[int, dict[str, Any]], progress: Any = print) -> Section:
-    from monitor.entries import parse_time
+    from monitor.times import parse_time
 
     section = Section("Memory: one cycle over a backlog")
     section.intro = (

@@ -76,7 +76,7 @@ def _buckets_cprofile(stats: Any) -> dict[str, float]:
 
 def _window(args: dict[str, Any]) -> Any:
     from monitor.check import plan_window
-    from monitor.entries import parse_time
+    from monitor.times import parse_time
 
     now = parse_time(args["now"])
     return plan_window(None, now, since=timedelta(seconds=args["since"]), default_lookback=None,
@@ -118,11 +118,11 @@ def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
     from bench.common import config_dict
     from monitor.check import run_cycle
     from monitor.config import parse_config
-    from monitor.entries import parse_time
     from monitor.notify.console import ConsoleNotifier
     from monitor.sources.budget import RateLimiter
     from monitor.sources.cloud_logging import CloudLoggingSource
     from monitor.store import open_store
+    from monitor.times import parse_time
 
     state = Path(tempfile.mkdtemp(prefix="bench-cycle-", dir=args["workdir"]))
     config = parse_config(config_dict(project=args["project"], services=args["services"],
@@ -202,7 +202,7 @@ def measure(opts: Options, emu: EmulatorProcess, sizes: list[int],
     results: dict[int, dict[str, Any]] = {}
     for size in sizes:
         now = emu.ask(f"ts 0 {size}")
-        from monitor.entries import parse_time
+        from monitor.times import parse_time
 
         since = (parse_time(now) - parse_time(first)).total_seconds() + 1
         args = {"endpoint": emu.grpc, "project": PROJECT, "services": SERVICES, "now": now,
@@ -238,7 +238,7 @@ def measure(opts: Options, emu: EmulatorProcess, sizes: list[int],
     kind = _profiler()
     size = sizes[0]
     now = emu.ask(f"ts 0 {size}")
-    from monitor.entries import parse_time
+    from monitor.times import parse_time
 
     since = (parse_time(now) - parse_time(first)).total_seconds() + 1
     prof = child("throughput", {"endpoint": emu.grpc, "project": PROJECT, "services": SERVICES,

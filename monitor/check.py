@@ -25,13 +25,14 @@ from monitor.correlate.health import source_health
 from monitor.correlate.incidents import Fold
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts, Transition
 from monitor.correlate.state import Rules, State
-from monitor.entries import LogEntry, format_time
+from monitor.entries import LogEntry
 from monitor.notify.message import Message, Notifier
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
 from monitor.sources import replay
 from monitor.sources.base import Checkpoint, ReadStats, Source, SourceError, Window
 from monitor.store.base import RETENTION, CycleRecord, Lease, Store
+from monitor.times import format_time
 
 log = logging.getLogger(__name__)
 

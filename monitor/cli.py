@@ -30,23 +30,22 @@ from monitor.config import (
     ConfigError,
     default_config_path,
     load_config,
-    mask_url,
     masked,
     unit_name,
 )
-from monitor.config import parse_duration as _parse_duration
-from monitor.entries import EARLIEST, LATEST, MalformedEntry, TimeOutOfRange, parse_time
 from monitor.instance import instance_id
 from monitor.leadership import Keeper
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
-from monitor.notify.safe import scrub
 from monitor.output import result_json, result_text
+from monitor.redact import mask_url, scrub
 from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError
 from monitor.sources.file import FileSource
 from monitor.store import open_store
 from monitor.store.base import Lease, LeaseLost, Store
+from monitor.times import EARLIEST, LATEST, BadTime, TimeOutOfRange, parse_time
+from monitor.times import parse_duration as _parse_duration
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_READ_ONLY = 0, 1, 2, 3, 4
 
@@ -74,7 +73,7 @@ class TimeParam(click.ParamType[datetime]):
         except TimeOutOfRange:
             self.fail(f"{value!r} is out of range (years {EARLIEST.year} to "
                       f"{LATEST.year - 1})", param, ctx)
-        except MalformedEntry:
+        except BadTime:
             self.fail(f"{value!r} is not an RFC3339 time (e.g. 2025-12-13T02:00:00Z)", param, ctx)
 
 

@@ -13,7 +13,6 @@ the few forms Slack defines and never taken from log text, which the renderer al
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -37,8 +36,10 @@ from pydantic import (
 )
 
 from monitor.classify.requests import DEFAULT_IGNORE_PATHS
+from monitor.redact import mask_url
 from monitor.regex import Regex, RegexError, compile_regex
 from monitor.text import not_utf8
+from monitor.times import format_duration, parse_duration
 
 DEFAULT_PATH = "config.yaml"
 
@@ -47,65 +48,10 @@ class ConfigError(Exception):
     """A config that cannot be used; the message names the key path and the problem."""
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-# No duration the monitor uses is longer; anything past it is a typo (`1000000d`), and a date
-# that far from now would overflow `datetime`.
-MAX_DURATION = timedelta(days=3650)
-
-
-def parse_duration(value: Any) -> timedelta:
-    """"30s", "5m", "2h", "1d", "1h30m", or a number of seconds; at most MAX_DURATION."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        if isinstance(value, int) and value > MAX_DURATION.total_seconds():
-            shown = str(value) if value < 10**15 else f"a {len(str(value))}-digit number"
-            raise ValueError(f"invalid duration {shown}: at most "
-                             f"{format_duration(MAX_DURATION)}")
-        if value < 0 or not math.isfinite(value):
-            raise ValueError(f"invalid duration {value!r}: must be a number of seconds >= 0")
-        return _bounded(value, value)
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        pos, total = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if text and pos == len(text):
-            return _bounded(total, value)
-    raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 5m, 2h, 1d)")
-
-
-def _bounded(seconds: float, value: Any) -> timedelta:
-    if seconds > MAX_DURATION.total_seconds():
-        raise ValueError(f"invalid duration {value!r}: at most {format_duration(MAX_DURATION)}")
-    return timedelta(seconds=seconds)
-
-
 def _not_zero(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError(f"invalid duration {format_duration(value)!r}: must be more than 0s")
     return value
-
-
-def format_duration(d: timedelta) -> str:
-    """The shortest exact form: 900 s -> "15m", 5400 s -> "1h30m"."""
-    seconds = int(d.total_seconds())
-    if seconds == 0:
-        return "0s"
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(out)
 
 
 Duration = Annotated[
@@ -481,20 +427,6 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 def default_config_path(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("MONITOR_CONFIG") or DEFAULT_PATH
-
-
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.I)
-# libpq takes a password as a URL parameter (`?password=`) or a conninfo pair (`password=...`).
-_PARAM_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"&]+)""", re.I)
-
-
-def mask_url(url: str) -> str:
-    """A database URL (or any text holding one) without its password, in every form libpq takes:
-    `postgresql://monitor:hunter2@db/x` -> `postgresql://monitor:***@db/x`, and
-    `...?password=hunter2` or `password=hunter2` -> `password=***`. The one redaction of a
-    URL: check-config, once, status, report, the store's errors and the logs all use it."""
-    url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
-    return _PARAM_PASSWORD.sub(r"\1***", url)
 
 
 def masked(config: Config) -> dict[str, Any]:

@@ -15,9 +15,11 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
+
+from monitor.times import BadTime, parse_time
 
 AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
 
@@ -34,10 +36,6 @@ class EntryKind(StrEnum):
 
 class MalformedEntry(ValueError):
     """An entry that cannot be normalised; sources count it and skip it."""
-
-
-class TimeOutOfRange(MalformedEntry):
-    """A well-formed time outside EARLIEST .. LATEST."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,59 +60,6 @@ class LogEntry:
     def key(self) -> str:
         """Dedupe identity: Cloud Logging guarantees insertId unique only within one log."""
         return f"{self.log_name}\x1f{self.insert_id}"
-
-
-def parse_time(value: str) -> datetime:
-    """RFC3339 with up to nanosecond precision ("2025-12-04T21:03:11.123456789Z") to aware UTC.
-
-    `datetime.fromisoformat` accepts at most microseconds, so extra digits are cut, not rounded:
-    ordering between entries of the same microsecond is kept by the source's read order.
-    """
-    s = value.strip()
-    if s.endswith(("Z", "z")):
-        s = s[:-1] + "+00:00"
-    dot = s.find(".")
-    if dot != -1:
-        end = dot + 1
-        while end < len(s) and s[end].isdigit():
-            end += 1
-        frac = s[dot + 1 : end]
-        if len(frac) > 6:
-            s = s[: dot + 1] + frac[:6] + s[end:]
-    try:
-        t = datetime.fromisoformat(s)
-    except ValueError as exc:
-        raise MalformedEntry(f"bad timestamp {value!r}") from exc
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    try:
-        return checked_time(t.astimezone(UTC))
-    except OverflowError:  # year 1 with a positive offset
-        raise TimeOutOfRange(f"timestamp {value!r} is out of range") from None
-
-
-# The times the monitor reasons about. Outside them an entry cannot be real (Cloud Logging keeps
-# entries for at most 10 years), and a window or lookback around it would overflow `datetime`.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(3000, 1, 1, tzinfo=UTC)
-
-
-def checked_time(t: datetime) -> datetime:
-    """`t`, or MalformedEntry when it lies outside EARLIEST .. LATEST."""
-    if not EARLIEST <= t < LATEST:
-        raise TimeOutOfRange(f"timestamp {t.isoformat()} is out of range "
-                             f"({EARLIEST.year}..{LATEST.year - 1})")
-    return t
-
-
-def format_time(t: datetime | None) -> str | None:
-    """RFC3339 UTC with a `Z`, the one format every output of the monitor uses."""
-    if t is None:
-        return None
-    t = t.astimezone(UTC)
-    if t.microsecond:
-        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @functools.lru_cache(maxsize=1024)  # a project has few log names; this runs for every entry
@@ -320,6 +265,8 @@ def from_json(obj: Any) -> LogEntry:
         return _from_parts(obj, insert_id, log_name, ts)
     except MalformedEntry:
         raise
+    except BadTime as exc:
+        raise MalformedEntry(str(exc)) from None
     except (ValueError, RecursionError) as exc:  # a 4,300-digit number, a field nested too deep
         raise MalformedEntry(f"unreadable value in the entry: {str(exc)[:100]}") from None
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from monitor.notify.safe import scrub
+from monitor.redact import scrub
 
 LABELS = {"component": "monitor"}
 

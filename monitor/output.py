@@ -10,7 +10,7 @@ from typing import Any
 
 from monitor.check import CycleResult
 from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
-from monitor.entries import format_time
+from monitor.times import format_time, second
 
 INCIDENT_KEYS = (
     "id", "service", "signal", "kind", "severity", "status", "first_seen", "last_seen", "count",
@@ -49,14 +49,10 @@ def result_json(result: CycleResult) -> dict[str, Any]:
     }
 
 
-def _t(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
-
-
 def _incident_text(i: Incident) -> list[str]:
     state = i.status.value.upper()
     lines = [f"  {state:<8} {i.id}  [{i.severity}]",
-             f"           {i.count} match(es), {_t(i.first_seen)} .. {_t(i.last_seen)}"]
+             f"           {i.count} match(es), {second(i.first_seen)} .. {second(i.last_seen)}"]
     if i.revisions:
         hits = ", ".join(f"{r} ({n})" for r, n in sorted(i.revisions.items()))
         lines.append(f"           revisions hit: {hits}")
@@ -70,7 +66,8 @@ def _incident_text(i: Incident) -> list[str]:
     if i.regression_of:
         lines.append(f"           regression of: {i.regression_of}")
     if i.status is IncidentStatus.RESOLVED:
-        lines.append(f"           resolved {_t(i.resolved_at)} by {i.resolved_by or 'no deploy'}")
+        lines.append(f"           resolved {second(i.resolved_at)} by "
+                     f"{i.resolved_by or 'no deploy'}")
         if i.resolution_note:
             lines.append(f"           evidence: {i.resolution_note}")
     lines.append(f"           reason: {i.reason}")
@@ -81,7 +78,7 @@ def result_text(result: CycleResult) -> str:
     w = result.window
     s = result.stats
     out = [
-        f"checked {_t(w.start) if w.start else 'the whole source'} .. {_t(w.end)}"
+        f"checked {second(w.start) if w.start else 'the whole source'} .. {second(w.end)}"
         + (" (read-only: another instance leads this unit; nothing sent, nothing saved)"
            if result.read_only else
            " (dry run: nothing sent, nothing saved)" if result.dry_run else ""),
@@ -103,7 +100,7 @@ def result_text(result: CycleResult) -> str:
         errors = ", ".join(f"{k}={v}" for k, v in sorted(f.errors.items()))
         ready = {True: "ready", False: "never ready", None: "readiness unknown"}[f.ready]
         verb, when = f.arrival
-        out.append(f"  {f.service}/{f.name}: {verb} {_t(when)}, "
+        out.append(f"  {f.service}/{f.name}: {verb} {second(when)}, "
                    f"{ready}, {f.requests_ok} ok / {f.requests_failed} failed request(s)")
         if migrations:
             out.append(f"      migrations: {migrations}")

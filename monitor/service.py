@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor import notify, sources
 from monitor.check import Cancelled, ClockBehind, run_cycle
-from monitor.config import Config, format_duration, unit_name
+from monitor.config import Config, unit_name
 from monitor.http_server import (
     HTTP_QUEUE,
     HTTP_WORKERS,
@@ -58,6 +58,7 @@ from monitor.notify.outbox import drain
 from monitor.sources.base import Source
 from monitor.sources.budget import RateLimiter
 from monitor.store.base import LeaseLost, Store
+from monitor.times import format_duration
 
 log = logging.getLogger(__name__)
 

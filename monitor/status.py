@@ -21,10 +21,10 @@ from typing import Any
 from monitor.classify.prisma import run_label
 from monitor.config import Config, unit_name
 from monitor.correlate.model import IncidentStatus, RevisionFacts
-from monitor.entries import MalformedEntry, format_time, parse_time
 from monitor.notify.safe import clean
 from monitor.output import incident_json, revision_json
 from monitor.store.base import LeaseInfo, Store
+from monitor.times import BadTime, for_people, format_time, parse_time, second
 
 RECENT = timedelta(days=7)  # resolved incidents shown beside the open ones
 TEXT_REVISIONS = 5  # per service, in text; JSON lists them all
@@ -102,11 +102,12 @@ def lease_text(lease: dict[str, Any]) -> str:
         return "no leader yet"
     holder = _s(lease["holder"])
     if state == "held":
-        return f"led by {holder} since {_t(lease['since'])} (token {lease['token']})"
+        return f"led by {holder} since {time_text(lease['since'])} (token {lease['token']})"
     if state == "stuck":
         return (f"STUCK: led by {holder}, which stopped (no heartbeat); its lease expires in "
-                f"{human(max(lease['expires_in'], 0))}, then another instance takes over")
-    return f"lease of {holder} expired at {_t(lease['expires_at'])}: the next instance takes it"
+                f"{for_people(max(lease['expires_in'], 0), 2)}, then another instance takes over")
+    return (f"lease of {holder} expired at {time_text(lease['expires_at'])}: the next "
+            "instance takes it")
 
 
 def _last_cycle(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -141,29 +142,18 @@ def _s(value: Any, limit: int = 200) -> str:
 def _time(value: Any) -> datetime | None:
     try:
         return parse_time(value) if isinstance(value, str) else None
-    except MalformedEntry:
+    except BadTime:
         return None
 
 
-def _t(value: Any) -> str:
+def time_text(value: Any) -> str:
+    """A stored time for people; text that is not one is shown (cleaned) as it is."""
     t = _time(value)
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t is not None else _s(value)
-
-
-def human(seconds: float) -> str:
-    """A duration at a glance: 45s, 14m, 3h 5m, 2d 4h."""
-    s = int(abs(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
+    return second(t) if t is not None else _s(value)
 
 
 def _ago(seconds: float) -> str:
-    return f"{human(seconds)} ago" if seconds >= 0 else f"{human(seconds)} ahead of the clock"
+    return f"{for_people(seconds, 2)} {'ago' if seconds >= 0 else 'ahead of the clock'}"
 
 
 def _header(report: dict[str, Any]) -> str:
@@ -174,7 +164,8 @@ def _header(report: dict[str, Any]) -> str:
     if cycle is None:
         parts.append("no check has run yet")
     else:
-        when = _ago((now - at).total_seconds()) if now and at else f"at {_t(cycle['checked_at'])}"
+        when = (_ago((now - at).total_seconds()) if now and at
+                else f"at {time_text(cycle['checked_at'])}")
         outcome = "ok" if cycle["ok"] else f"FAILED: {_s(cycle['error'], MAX_ERROR_TEXT)}"
         parts.append(f"last check {when}: {outcome}")
     queued = report["outbox"]["queued"]
@@ -193,11 +184,11 @@ def _units_text(report: dict[str, Any]) -> list[str]:
             out += [f"{name}: never read", lead]
             continue
         lag = u["lag_seconds"]
-        behind = (f"{human(lag)} behind" if lag >= 0 else f"{human(lag)} ahead of the clock")
-        out.append(f"{name}: read up to {_t(cp['until'])}, {behind} ({lag:.0f}s)")
+        behind = f"{for_people(lag, 2)} {'behind' if lag >= 0 else 'ahead of the clock'}"
+        out.append(f"{name}: read up to {time_text(cp['until'])}, {behind} ({lag:.0f}s)")
         if cp["cursor"] is not None:
-            out.append(f"      catching up: read to {_t(cp['cursor'])} of a window ending "
-                       f"{_t(cp['window_end'])}")
+            out.append(f"      catching up: read to {time_text(cp['cursor'])} of a window ending "
+                       f"{time_text(cp['window_end'])}")
         out.append(lead)
     return out
 
@@ -206,18 +197,19 @@ def _cycle_text(cycle: dict[str, Any] | None) -> list[str]:
     if cycle is None:
         return ["last check: no check has run yet"]
     outcome = "ok" if cycle["ok"] else f"FAILED: {_s(cycle['error'], MAX_ERROR_TEXT)}"
-    out = [f"last check: {_t(cycle['checked_at'])}, {outcome}",
+    out = [f"last check: {time_text(cycle['checked_at'])}, {outcome}",
            f"  {cycle['entries_read']} entries read, {cycle['entries_skipped']} skipped, "
            f"{cycle['api_requests']} API request(s), {cycle['transitions']} transition(s)"]
     if cycle["cut_at"] is not None:
-        out.append(f"  request budget spent: read up to {_t(cycle['cut_at'])}")
+        out.append(f"  request budget spent: read up to {time_text(cycle['cut_at'])}")
     return out
 
 
 def _incident_text(i: dict[str, Any]) -> list[str]:
     pad = " " * 11
     lines = [f"  {_s(i['status']).upper():<8} {_s(i['id'])}  [{_s(i['severity'])}]",
-             f"{pad}{i['count']} match(es), {_t(i['first_seen'])} .. {_t(i['last_seen'])}"]
+             f"{pad}{i['count']} match(es), {time_text(i['first_seen'])} .. "
+             f"{time_text(i['last_seen'])}"]
     if i["revisions"]:
         hits = ", ".join(f"{_s(r)} ({n})" for r, n in sorted(i["revisions"].items()))
         lines.append(f"{pad}revisions hit: {hits}")
@@ -233,7 +225,7 @@ def _incident_text(i: dict[str, Any]) -> list[str]:
     if i["regression_of"]:
         lines.append(f"{pad}regression of: {_s(i['regression_of'])}")
     if i["status"] == IncidentStatus.RESOLVED.value:
-        lines.append(f"{pad}resolved {_t(i['resolved_at'])} by "
+        lines.append(f"{pad}resolved {time_text(i['resolved_at'])} by "
                      f"{_s(i['resolved_by']) if i['resolved_by'] else 'no deploy'}")
     return lines
 
@@ -246,8 +238,8 @@ def _revisions_text(revisions: list[dict[str, Any]]) -> list[str]:
         if shown[r["service"]] > TEXT_REVISIONS:
             continue
         ready = {True: "ready", False: "NEVER READY", None: "readiness unknown"}[r["ready"]]
-        arrival = (f"deployed {_t(r['deployed_at'])}" if r["deployed_at"]
-                   else f"first seen {_t(r['first_seen'])}")
+        arrival = (f"deployed {time_text(r['deployed_at'])}" if r["deployed_at"]
+                   else f"first seen {time_text(r['first_seen'])}")
         out.append(f"  {_s(r['service'])}/{_s(r['name'])}: {arrival}, "
                    f"{ready}, {r['requests_ok']} ok / {r['requests_failed']} failed request(s)")
         if r["migrations"]:

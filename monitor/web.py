@@ -20,14 +20,15 @@ from urllib.parse import quote, unquote
 from monitor.classify.prisma import run_label
 from monitor.config import Config
 from monitor.report.html import h, page
-from monitor.status import human, lease_text, status_report
+from monitor.status import lease_text, status_report, time_text
 from monitor.store import open_store
+from monitor.times import for_people
 
 HTML = "text/html; charset=utf-8"
 
 
 def _t(value: Any) -> str:
-    return h(str(value).replace("T", " ")[:19] + " UTC") if value else "—"
+    return h(time_text(value)) if value else "—"
 
 
 def _incident_rows(incidents: list[dict[str, Any]]) -> str:
@@ -62,7 +63,8 @@ def status_html(report: dict[str, Any]) -> str:
     units = []
     for u in report["units"]:
         cp, lag = u["checkpoint"], u["lag_seconds"]
-        read = (f"read up to {_t(cp['until'])}, {h(human(lag))} behind" if cp else "never read")
+        read = (f"read up to {_t(cp['until'])}, {h(for_people(lag, 2))} behind" if cp
+                else "never read")
         units.append(f"<li><code>{h(u['unit'])}</code> "
                      f"({', '.join(h(s) for s in u['services'])}): {read}; "
                      f"{h(lease_text(u['lease']))}</li>")

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import (
-    ConfigError,
-    format_duration,
-    load_config,
-    masked,
-    parse_config,
-    parse_duration,
-)
+from monitor.config import ConfigError, load_config, masked, parse_config
+from monitor.times import format_duration, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 

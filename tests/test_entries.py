@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.entries import EntryKind, MalformedEntry, format_time, from_json, parse_time
+from monitor.entries import EntryKind, MalformedEntry, from_json
+from monitor.times import format_time, parse_time
 
 RESOURCE = {"type": "cloud_run_revision", "labels": {
     "service_name": "spector", "revision_name": "spector-00042-wex", "location": "us-central1",

@@ -24,7 +24,8 @@ from monitor.classify.observations import (
 )
 from monitor.classify.signals import SAMPLE_LIMIT
 from monitor.config import parse_config
-from monitor.entries import EARLIEST, LATEST, EntryKind, LogEntry
+from monitor.entries import EntryKind, LogEntry
+from monitor.times import EARLIEST, LATEST
 
 SERVICES = ["spector", "spector-worker"]
 SIGNALS = [

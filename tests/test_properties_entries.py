@@ -12,8 +12,9 @@ from google.protobuf.json_format import ParseDict
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from monitor.entries import EARLIEST, LATEST, EntryKind, LogEntry, MalformedEntry, from_json
+from monitor.entries import EntryKind, LogEntry, MalformedEntry, from_json
 from monitor.sources.cloud_logging import Page, _from_pb, _Grpc, _Rest
+from monitor.times import EARLIEST, LATEST
 
 PbLogEntry = type(LogEntryProto.pb(LogEntryProto()))
 

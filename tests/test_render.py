@@ -24,8 +24,9 @@ from monitor.correlate.model import (
 )
 from monitor.notify.message import Action, Message
 from monitor.notify.render import MAX_LINK_URL, render
-from monitor.notify.safe import MAX_BLOCKS, escape, safe_text, scrub, truncate
+from monitor.notify.safe import MAX_BLOCKS, escape, safe_text, truncate
 from monitor.queries import logs_query
+from monitor.redact import scrub
 
 T0 = datetime(2025, 12, 4, 21, 3, tzinfo=UTC)
 CHANNEL = "#spector-alerts"

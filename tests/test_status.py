@@ -15,15 +15,15 @@ import pytest
 
 from monitor.check import run_cycle
 from monitor.config import Config, parse_config
-from monitor.entries import format_time
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError, Message, Thread
 from monitor.notify.outbox import drain
 from monitor.notify.safe import clean
 from monitor.output import INCIDENT_KEYS, REVISION_KEYS
 from monitor.sources.file import FileSource
-from monitor.status import human, status_report, status_text
+from monitor.status import status_report, status_text
 from monitor.store.sqlite import SQLiteStore
+from monitor.times import for_people, format_time
 from tests.helpers import export_entry
 
 EXPORT = Path(__file__).resolve().parents[1] / "examples" / "spector-incident.json"
@@ -289,7 +289,7 @@ def test_reads_the_store_only(tmp_path, store):
     (2 * 86400 + 4 * 3600, "2d 4h"), (-120, "2m"),
 ])
 def test_human_durations(seconds, text):
-    assert human(seconds) == text
+    assert for_people(seconds, 2) == text
 
 
 def test_status_shows_who_leads_each_unit_and_a_stuck_lease(tmp_path):

@@ -30,7 +30,6 @@ from monitor.classify.observations import (
     Observation,
     RequestServed,
 )
-from monitor.config import format_duration
 from monitor.correlate import revisions as rev
 from monitor.correlate.model import (
     HOLD_WORDS,
@@ -47,6 +46,7 @@ from monitor.correlate.model import (
     TransitionKind,
 )
 from monitor.correlate.state import Rules, State
+from monitor.times import format_duration, minute
 
 MIGRATION_SIGNAL = "migration-failed"
 # Cloud Run logs a revision's Ready event a little after it starts taking traffic; the old
@@ -240,7 +240,7 @@ class _Machine:
         incident.introduced_by = introduced_by
         incident.suspect_migrations = self.suspects(hit.service, introduced_by, first_at)
         self.announce(incident, hit.at, f"{len(window)} match(es) of {hit.signal} within "
-                      f"{_fmt(rule.window)} (open_after={rule.open_after})")
+                      f"{format_duration(rule.window)} (open_after={rule.open_after})")
 
     def count_match(self, incident: Incident, at: datetime, revision: str | None,
                     instance: str | None = None) -> None:
@@ -462,7 +462,7 @@ class _Machine:
                 incident.noted_reason = reason
                 move(incident, Event.NOTE)
                 self.emit(TransitionKind.QUIET_NO_TRAFFIC, incident, now,
-                          f"no {incident.signal} since {_clock(incident.last_seen)}, but "
+                          f"no {incident.signal} since {minute(incident.last_seen)}, but "
                           f"{HOLD_WORDS[reason]}: keeping it open")
             return False
         move(incident, Event.EVIDENCE)
@@ -472,8 +472,8 @@ class _Machine:
         incident.reason = (reason if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS
                            else Reason.FIXED_BY_DEPLOY if fix is not None
                            else Reason.NO_DEPLOY_EXPLAINS_IT)
-        evidence = f"no {incident.signal} for {_fmt(rule.resolve_after)} since " \
-                   f"{_clock(incident.last_seen)}"
+        evidence = f"no {incident.signal} for {format_duration(rule.resolve_after)} since " \
+                   f"{minute(incident.last_seen)}"
         if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS:
             evidence += " (the service writes no request logs: silence is the only evidence)"
         else:
@@ -568,11 +568,3 @@ def evidence_words(incident: Incident) -> str:
     if ev.get(Evidence.ASSET):
         parts.append(f"{ev[Evidence.ASSET]} static asset(s) not counted")
     return ", ".join(parts)
-
-
-def _clock(t: datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _fmt(d: timedelta) -> str:
-    return format_duration(d)

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from monitor.classify.prisma import run_label
-from monitor.entries import format_time, parse_time
+from monitor.times import format_time, parse_time
 
 
 def _t(value: Any) -> datetime | None:

@@ -49,26 +49,12 @@ from monitor.notify.safe import (
     truncate,
 )
 from monitor.queries import TEXT_FIELDS, logs_query, logs_url, url_quote
+from monitor.times import for_people, minute
 
 MAX_LIST = 20  # revisions, migrations or changes listed before "and N more"
 LOGS_MARGIN = timedelta(minutes=5)  # around the incident, for the Logs Explorer time range
 
 # --- times and links --------------------------------------------------------------------
-
-
-def fmt_time(t: datetime | None) -> str:
-    return "unknown" if t is None else t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def fmt_duration(d: timedelta) -> str:
-    """1h 12m, 3m, 45s: precise enough for people, short enough for a phone."""
-    seconds = max(int(d.total_seconds()), 0)
-    if seconds < 60:
-        return f"{seconds}s"
-    days, rest = divmod(seconds // 60, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m")]
-    return " ".join(f"{value}{unit}" for value, unit in parts if value)
 
 
 def link(url: str, label: str) -> str:
@@ -149,7 +135,7 @@ def summary(incident: Incident, pattern: str | None, at: datetime) -> str:
     """The phone-notification line: who, what, how much, since when, which revision."""
     since = incident.first_seen.astimezone(UTC)
     when = since.strftime("%H:%M UTC") if since.date() == at.astimezone(UTC).date() \
-        else fmt_time(since)
+        else minute(since)
     service = safe_text(incident.service, 100, one_line=True)
     if incident.status is IncidentStatus.RESOLVED:
         line = (f":white_check_mark: RESOLVED {service}: {_title(incident, pattern)} — "
@@ -259,12 +245,12 @@ def root_blocks(incident: Incident, *, project: str | None, pattern: str | None,
         f"*Service*\n{safe_text(incident.service, 200, one_line=True)}",
         f"*Signal*\n{safe_text(incident.signal, 200, one_line=True)}",
         f"*Count*\n{_count(incident)}{_rate(incident)}",
-        f"*First seen*\n{fmt_time(incident.first_seen)}",
-        f"*Last seen*\n{fmt_time(incident.last_seen)}",
+        f"*First seen*\n{minute(incident.first_seen)}",
+        f"*Last seen*\n{minute(incident.last_seen)}",
         f"*Introduced by*\n{code(incident.introduced_by) if incident.introduced_by else 'unknown'}",
     ]
     if resolved:
-        fields.append(f"*Resolved*\n{fmt_time(incident.resolved_at)}")
+        fields.append(f"*Resolved*\n{minute(incident.resolved_at)}")
         by = code(incident.resolved_by) if incident.resolved_by else "no deploy explains it"
         fields.append(f"*Resolved by*\n{by}")
     blocks.append(section(f"*{_title(incident, pattern)}*", fields))
@@ -315,17 +301,17 @@ def resolution_text(t: Transition, pattern: str | None = None) -> str:
         fixed = f"Fixed by revision {code(inc.resolved_by)}"
         if facts is not None:
             when = facts.live_since
-            fixed += f" (live since {fmt_time(when)})" if when else ""
+            fixed += f" (live since {minute(when)})" if when else ""
             fixed += f", which ran: {_migration_line(facts)}"
         lines.append(fixed + ".")
     else:
         lines.append("No deploy explains it: the errors stopped without a new revision.")
-    lines.append(f"Last error at {fmt_time(inc.last_seen)}.")
+    lines.append(f"Last error at {minute(inc.last_seen)}.")
     if inc.resolution_note:
         lines.append(safe_text(inc.resolution_note, 1000))
     lines.append(_reason(inc))
-    lines.append(f"Total: {_count(inc)} over {fmt_duration(inc.last_seen - inc.first_seen)} "
-                 f"({fmt_time(inc.first_seen)} → {fmt_time(inc.last_seen)}).")
+    lines.append(f"Total: {_count(inc)} over {for_people(inc.last_seen - inc.first_seen)} "
+                 f"({minute(inc.first_seen)} → {minute(inc.last_seen)}).")
     return "\n".join(lines)
 
 
@@ -340,12 +326,12 @@ def _reply_text(t: Transition, pattern: str | None) -> str:
         changes = [f"• {safe_text(c, 300, one_line=True)}" for c in t.changes[:MAX_LIST]]
         if len(t.changes) > MAX_LIST:
             changes.append(f"• and {len(t.changes) - MAX_LIST} more changes")
-        head = f":arrow_up: *Update:* now {_count(inc)}, last at {fmt_time(inc.last_seen)}."
+        head = f":arrow_up: *Update:* now {_count(inc)}, last at {minute(inc.last_seen)}."
         return "\n".join([head, *changes])
     if t.kind is TransitionKind.QUIET_NO_TRAFFIC:
-        quiet = fmt_duration(t.at - inc.last_seen)
+        quiet = for_people(t.at - inc.last_seen)
         words = HOLD_WORDS.get(inc.reason, HOLD_WORDS[Reason.NO_TRAFFIC])
-        return (f":hourglass: Quiet since {fmt_time(inc.last_seen)} ({quiet}), but {words}: "
+        return (f":hourglass: Quiet since {minute(inc.last_seen)} ({quiet}), but {words}: "
                 f"keeping it open. {_reason(inc)}")
     return resolution_text(t, pattern)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from monitor.config import mask_url
+from monitor.redact import scrub
 
 MAX_TEXT = 3000  # chat.postMessage `text`
 MAX_SECTION = 3000  # a section's text
@@ -25,14 +25,6 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 # C0 except \t and \n, DEL, C1, lone surrogates, and bidi overrides (text that reads differently
 # from how it is stored).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
-_SLACK_TOKEN = re.compile(r"\b(xox[abposr]|xapp)-[A-Za-z0-9-]+")
-_WEBHOOK = re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/_-]+")
-_BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9._~+/=-]+", re.I)
-_KEY_VALUE = re.compile(
-    r"""\b(\w*(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token))(["']?\s*[=:]\s*)"""
-    r"""("[^"]*"|'[^']*'|[^\s"',;&]+)""",
-    re.I,
-)
 # Scrubbing regexes may be slow on huge lines; cut well past any limit first. The cut lies far
 # beyond where the final truncation ends, so a secret split by it is never shown.
 _PRECUT = 2 * MAX_SECTION
@@ -42,20 +34,6 @@ _GRAVE = "\u02cb"  # modifier letter grave accent: looks like a backtick, is not
 def clean(text: str) -> str:
     """Strip ANSI sequences, control characters and invalid code points; tabs become spaces."""
     return _CONTROL.sub("", _ANSI.sub("", text)).replace("\t", "    ")
-
-
-def scrub(text: str) -> str:
-    """Mask secrets a log line may carry: URL passwords, Slack tokens, bearer tokens, passwords."""
-    text = mask_url(text)
-    text = _SLACK_TOKEN.sub(lambda m: f"{m[1]}-***", text)
-    text = _WEBHOOK.sub(r"\1***", text)
-    text = _BEARER.sub(r"\1 ***", text)
-    return _KEY_VALUE.sub(_mask_value, text)
-
-
-def _mask_value(m: re.Match[str]) -> str:
-    quote_ = m[3][0] if m[3][:1] in ("'", '"') else ""
-    return f"{m[1]}{m[2]}{quote_}***{quote_}"
 
 
 def escape(text: str) -> str:

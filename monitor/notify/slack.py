@@ -25,7 +25,8 @@ from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
 
 from monitor.notify.message import Action, DeliveryError, Message, Thread
 from monitor.notify.render import context, link
-from monitor.notify.safe import MAX_BLOCKS, safe_text, scrub
+from monitor.notify.safe import MAX_BLOCKS, safe_text
+from monitor.redact import scrub
 
 METADATA_EVENT = "monitor_message"  # event_type of the metadata on every post
 

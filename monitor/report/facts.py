@@ -23,8 +23,8 @@ from monitor.classify.requests import AssetRule
 from monitor.config import Config, unit_name
 from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
-from monitor.entries import format_time, parse_time
 from monitor.store.base import Store
+from monitor.times import format_time, minute, parse_time
 
 DEFAULT_SINCE = timedelta(days=7)
 
@@ -211,10 +211,6 @@ def build(config: Config, store: Store, incident_id: str | None = None,
 # --- words --------------------------------------------------------------------------------------
 
 
-def when(t: datetime | None) -> str:
-    return "unknown" if t is None else t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def what(rep: IncidentReport) -> str:
     inc = rep.incident
     if inc.kind is IncidentKind.MIGRATION and inc.migration is not None:
@@ -228,13 +224,13 @@ def what(rep: IncidentReport) -> str:
 
 def summary_sentence(rep: IncidentReport) -> str:
     """The incident in one sentence: what, how much, how long, caused by, fixed by."""
-    from monitor.notify.render import fmt_duration
+    from monitor.times import for_people
 
     inc = rep.incident
     unit = "failed migration run" if inc.kind is IncidentKind.MIGRATION else "error"
     count = f"{inc.count:,} {unit}{'s' if inc.count != 1 else ''}"
-    text = (f"{inc.service}: {what(rep)}, {count} between {when(inc.first_seen)} and "
-            f"{when(inc.last_seen)} ({fmt_duration(inc.last_seen - inc.first_seen)})")
+    text = (f"{inc.service}: {what(rep)}, {count} between {minute(inc.first_seen)} and "
+            f"{minute(inc.last_seen)} ({for_people(inc.last_seen - inc.first_seen)})")
     if inc.introduced_by:
         text += f", introduced by revision {inc.introduced_by}"
         if inc.suspect_migrations:
@@ -242,7 +238,7 @@ def summary_sentence(rep: IncidentReport) -> str:
     if inc.status is IncidentStatus.OPEN:
         return text + "; still open."
     by = f"fixed by revision {inc.resolved_by}" if inc.resolved_by else "no deploy explains the end"
-    return text + f"; {by}, resolved {when(inc.resolved_at)}."
+    return text + f"; {by}, resolved {minute(inc.resolved_at)}."
 
 
 def timeline(rep: IncidentReport, service_facts: list[RevisionFacts]) -> list[Event]:

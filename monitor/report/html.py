@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 from monitor.config import Config
 from monitor.correlate.model import MigrationRecord
-from monitor.notify.render import fmt_duration
-from monitor.notify.safe import clean, scrub
+from monitor.notify.safe import clean
+from monitor.redact import scrub
 from monitor.report.chart import Series, error_series_all, timeline_svg
-from monitor.report.facts import IncidentReport, Report, when
+from monitor.report.facts import IncidentReport, Report
 from monitor.report.markdown import notification_line
+from monitor.times import for_people, minute
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
@@ -56,7 +57,7 @@ def page(title: str, body: str) -> str:
 def _migrations(migrations: Sequence[MigrationRecord]) -> str:
     items = []
     for m in migrations:
-        items.append(f"<li>{h(m.label)}, {h(when(m.at))}</li>")
+        items.append(f"<li>{h(m.label)}, {h(minute(m.at))}</li>")
     return f"<ul>{''.join(items)}</ul>" if items else "<p>No migrations.</p>"
 
 
@@ -73,8 +74,9 @@ def incident_html(rep: IncidentReport, series: Series | None) -> str:
              f"<p><strong>Summary.</strong> {h(rep.summary)}</p>",
              '<div class="chart">', timeline_svg(rep, series), "</div>",
              "<h3>Impact</h3><table>",
-             f"<tr><th>Duration</th><td>{h(fmt_duration(rep.duration))} "
-             f"({h(when(inc.first_seen))} → {h(when(inc.resolved_at or inc.last_seen))})</td></tr>",
+             f"<tr><th>Duration</th><td>{h(for_people(rep.duration))} "
+             f"({h(minute(inc.first_seen))} → "
+             f"{h(minute(inc.resolved_at or inc.last_seen))})</td></tr>",
              f"<tr><th>Count</th><td>{inc.count:,}</td></tr>"]
     if rep.requests_failed is not None:
         parts.append(f"<tr><th>Requests failed</th><td>{rep.requests_failed:,} (HTTP 5xx on the "
@@ -86,24 +88,25 @@ def incident_html(rep: IncidentReport, series: Series | None) -> str:
         f = rep.introduced
         verb, at = f.arrival
         parts.append(f"<p>Introduced by revision <code>{h(f.name)}</code>, {verb} "
-                     f"{h(when(at))}.</p>" + _migrations(f.migrations))
+                     f"{h(minute(at))}.</p>" + _migrations(f.migrations))
     else:
         parts.append("<p>No revision is named as the cause.</p>")
     sample = inc.sample or (inc.migration.message if inc.migration else "")
     if sample:
-        parts.append(f"<p>First error line ({h(when(inc.first_seen))}):</p><pre>{h(sample)}</pre>")
+        parts.append(f"<p>First error line ({h(minute(inc.first_seen))}):</p>"
+                     f"<pre>{h(sample)}</pre>")
     parts.append("<h3>Fix</h3>")
     if rep.fixed is not None:
         f = rep.fixed
-        ready = f", ready {h(when(f.ready_at))}" if f.ready_at else ""
+        ready = f", ready {h(minute(f.ready_at))}" if f.ready_at else ""
         verb, at = f.arrival
         parts.append(f"<p>Fixed by revision <code>{h(f.name)}</code>, {verb} "
-                     f"{h(when(at))}{ready}.</p>"
+                     f"{h(minute(at))}{ready}.</p>"
                      + _migrations(f.migrations))
     else:
         parts.append("<p>No fixing revision.</p>")
     if inc.resolved_at is not None:
-        parts.append(f"<p>Resolved {h(when(inc.resolved_at))}: {h(inc.resolution_note)}.</p>")
+        parts.append(f"<p>Resolved {h(minute(inc.resolved_at))}: {h(inc.resolution_note)}.</p>")
     rows = "".join(f"<tr><td>{h(e.at.strftime('%Y-%m-%d %H:%M:%S'))}</td><td>{h(e.text)}</td>"
                    "</tr>" for e in rep.timeline)
     parts.append(f"<h3>Timeline</h3><table><tr><th>UTC</th><th>Event</th></tr>{rows}</table>")
@@ -135,8 +138,8 @@ def report_html(report: Report, config: Config) -> str:
     """The whole write-up as a page."""
     body = [f"<h1>Incident write-up — {len(report.reports)} incident(s)</h1>",
             f'<p class="muted">From the monitor\'s store, up to its last check '
-            f"({h(when(report.generated_at))}); incidents open or active since "
-            f"{h(when(report.since))}.</p>"]
+            f"({h(minute(report.generated_at))}); incidents open or active since "
+            f"{h(minute(report.since))}.</p>"]
     if not report.reports:
         body.append("<p>No incident in this period.</p>")
     charts = error_series_all(config, report.reports)  # one read of an export for them all

@@ -15,9 +15,10 @@ import re
 from collections.abc import Sequence
 
 from monitor.correlate.model import IncidentKind, IncidentStatus, MigrationRecord, Transition
-from monitor.notify.render import fmt_duration
-from monitor.notify.safe import MAX_SECTION, clean, safe_text, scrub, truncate
-from monitor.report.facts import IncidentReport, Report, SentNotification, when
+from monitor.notify.safe import MAX_SECTION, clean, safe_text, truncate
+from monitor.redact import scrub
+from monitor.report.facts import IncidentReport, Report, SentNotification
+from monitor.times import for_people, minute
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 _EMOJI = re.compile(r"^(?::[a-z0-9_+-]+:\s*)+")
@@ -73,8 +74,8 @@ def incident_markdown(rep: IncidentReport) -> str:
            + (f" · regression of {code(inc.regression_of)}" if inc.regression_of else ""), "",
            f"**Summary.** {_names(rep.summary)}", "", "### Impact", "",
            "| | |", "|---|---|",
-           f"| Duration | {fmt_duration(rep.duration)} ({when(inc.first_seen)} → "
-           f"{when(inc.resolved_at or inc.last_seen)}) |",
+           f"| Duration | {for_people(rep.duration)} ({minute(inc.first_seen)} → "
+           f"{minute(inc.resolved_at or inc.last_seen)}) |",
            f"| {'Failed runs' if inc.kind is IncidentKind.MIGRATION else 'Errors'} | "
            f"{inc.count:,} |"]
     if rep.requests_failed is not None and inc.kind is IncidentKind.ERROR:
@@ -86,8 +87,8 @@ def incident_markdown(rep: IncidentReport) -> str:
     if rep.introduced is not None:
         f = rep.introduced
         verb, at = f.arrival
-        out.append(f"Introduced by revision {code(f.name)}, {verb} {when(at)}"
-                   + (f", ready {when(f.ready_at)}" if f.ready_at else "") + ".")
+        out.append(f"Introduced by revision {code(f.name)}, {verb} {minute(at)}"
+                   + (f", ready {minute(f.ready_at)}" if f.ready_at else "") + ".")
         out += _migration_list(f.migrations)
     else:
         out.append("No revision is named as the cause.")
@@ -96,13 +97,13 @@ def incident_markdown(rep: IncidentReport) -> str:
                    + ".")
     sample = inc.sample or (inc.migration.message if inc.migration else "")
     if sample:
-        out += ["", f"First error line ({when(inc.first_seen)}):", "", block(sample)]
+        out += ["", f"First error line ({minute(inc.first_seen)}):", "", block(sample)]
     out += ["", "### Fix", ""]
     if rep.fixed is not None:
         f = rep.fixed
         verb, at = f.arrival
-        out.append(f"Fixed by revision {code(f.name)}, {verb} {when(at)}"
-                   + (f", ready {when(f.ready_at)}" if f.ready_at else
+        out.append(f"Fixed by revision {code(f.name)}, {verb} {minute(at)}"
+                   + (f", ready {minute(f.ready_at)}" if f.ready_at else
                       (", never became ready" if f.ready is False else "")) + ".")
         out += _migration_list(f.migrations)
     elif inc.status is IncidentStatus.RESOLVED:
@@ -110,7 +111,7 @@ def incident_markdown(rep: IncidentReport) -> str:
     else:
         out.append("Not fixed yet: the incident is open.")
     if inc.resolved_at is not None:
-        out += ["", f"Resolved {when(inc.resolved_at)}: {md(inc.resolution_note, 1000)}."]
+        out += ["", f"Resolved {minute(inc.resolved_at)}: {md(inc.resolution_note, 1000)}."]
     out += ["", "### Timeline", "", "| Time (UTC) | Event |", "|---|---|"]
     out += [f"| {e.at.strftime('%Y-%m-%d %H:%M:%S')} | {_names(e.text)} |" for e in rep.timeline]
     if rep.notifications:
@@ -143,14 +144,14 @@ def _indent(text: str) -> str:
 def _migration_list(migrations: Sequence[MigrationRecord]) -> list[str]:
     out = []
     for m in migrations:
-        out.append(f"- {md(m.label)}, {when(m.at)}")
+        out.append(f"- {md(m.label)}, {minute(m.at)}")
     return out
 
 
 def report_markdown(report: Report) -> str:
     head = [f"# Incident write-up — {len(report.reports)} incident(s)", "",
-            f"From the monitor's store, up to its last check ({when(report.generated_at)}); "
-            f"incidents open or active since {when(report.since)}.", ""]
+            f"From the monitor's store, up to its last check ({minute(report.generated_at)}); "
+            f"incidents open or active since {minute(report.since)}.", ""]
     if not report.reports:
         head.append("No incident in this period.")
     return "\n".join(head) + "\n" + "\n".join(incident_markdown(r) for r in report.reports)

@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 
 from monitor.correlate.model import IncidentKind, IncidentStatus, RevisionFacts
 from monitor.queries import logs_query, logs_url
-from monitor.report.facts import Check, IncidentReport, Verification, when
+from monitor.report.facts import Check, IncidentReport, Verification
+from monitor.times import minute, sortable
 
 TICK = timedelta(microseconds=1)
 # A migration event is stamped with the last line of its reassembled output; the line naming the
@@ -35,17 +36,13 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _ts(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def bounded(query: str, start: datetime | None, end: datetime | None) -> str:
     """The filter with its time bounds: start inclusive, end exclusive."""
     parts = [query]
     if start is not None:
-        parts.append(f"timestamp>={_q(_ts(start))}")
+        parts.append(f"timestamp>={_q(sortable(start))}")
     if end is not None:
-        parts.append(f"timestamp<{_q(_ts(end))}")
+        parts.append(f"timestamp<{_q(sortable(end))}")
     return " AND ".join(parts)
 
 
@@ -94,7 +91,7 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
     noun = "failed migration run(s)" if inc.kind is IncidentKind.MIGRATION else "match(es)"
     start = inc.first_seen - (RUN_SPAN if inc.kind is IncidentKind.MIGRATION else timedelta())
     out.append(_make("errors", f"{inc.count:,} {noun} of {rep.what} on {service} from "
-                     f"{when(inc.first_seen)} to {when(inc.last_seen)}", query, project,
+                     f"{minute(inc.first_seen)} to {minute(inc.last_seen)}", query, project,
                      start, inc.last_seen + TICK, count=inc.count))
     if inc.kind is IncidentKind.ERROR and rep.requests_failed is not None and rep.revisions_hit:
         names = " OR ".join(_q(f.name) for f in rep.revisions_hit)
@@ -121,7 +118,7 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
             quiet_end = rep.next_incident.first_seen
         if quiet_end is not None and quiet_end > inc.last_seen:
             out.append(_make("quiet", f"no {rep.what} on {service} after the last one "
-                             f"({when(inc.last_seen)}) up to {when(quiet_end)}", query, project,
+                             f"({minute(inc.last_seen)}) up to {minute(quiet_end)}", query, project,
                              inc.last_seen + TICK, quiet_end + TICK
                              if rep.next_incident is None else quiet_end, count=0))
         if inc.kind is IncidentKind.ERROR and has_requests and inc.resolved_at is not None:
@@ -150,19 +147,19 @@ def checklist(rep: IncidentReport) -> list[Check]:
     quiet = next((v for v in rep.verifications if v.id == "quiet"), None)
     if inc.status is IncidentStatus.OPEN:
         out.append(Check(False, f"still open: last {rep.what} at "
-                         f"{when(inc.last_seen)} ({inc.reason.replace('_', ' ')})", ev("errors")))
+                         f"{minute(inc.last_seen)} ({inc.reason.replace('_', ' ')})", ev("errors")))
     elif inc.kind is IncidentKind.MIGRATION:
         # Resolved by a run that succeeded, not by a quiet period: the checks are that run, and
         # no failed run after it where the logs were read that far.
         out.append(Check(True, f"migrate deploy succeeded on {inc.resolved_by} at "
-                         f"{when(inc.resolved_at)}", ev("fix_migrations")))
+                         f"{minute(inc.resolved_at)}", ev("fix_migrations")))
         if quiet is not None and quiet.end is not None:
             out.append(Check(True, f"no failed migrate deploy after it (read up to "
-                             f"{when(quiet.end)})", ev("quiet")))
+                             f"{minute(quiet.end)})", ev("quiet")))
     else:
-        line = f"no {rep.what} since {when(inc.last_seen)}"
+        line = f"no {rep.what} since {minute(inc.last_seen)}"
         if quiet is not None and quiet.end is not None:
-            line += f" (read up to {when(quiet.end)})"
+            line += f" (read up to {minute(quiet.end)})"
         if "requests_ok" in have:
             line += (f", {inc.ok_requests_since_last:,} successful app request(s) in the "
                      "quiet period before the resolution")
@@ -170,10 +167,10 @@ def checklist(rep: IncidentReport) -> list[Check]:
         out.append(Check(True, f"resolved because: {inc.reason.replace('_', ' ')}"))
     if rep.next_incident is not None:
         out.append(Check(False, f"it came back: incident {rep.next_incident.id} opened "
-                         f"{when(rep.next_incident.first_seen)}"))
+                         f"{minute(rep.next_incident.first_seen)}"))
     if rep.fixed is not None:
         runs = ", ".join(m.label for m in rep.fixed.migrations) or "no migrations"
-        ready = f"ready {when(rep.fixed.ready_at)}" if rep.fixed.ready_at else "readiness unknown"
+        ready = f"ready {minute(rep.fixed.ready_at)}" if rep.fixed.ready_at else "readiness unknown"
         out.append(Check(rep.fixed.ready is not False,
                          f"fixed by revision {rep.fixed.name} ({ready}), which ran: {runs}",
                          ev("fix_migrations")))

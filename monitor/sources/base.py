@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from monitor.entries import LogEntry, format_time, parse_time
+from monitor.entries import LogEntry
+from monitor.times import format_time, parse_time
 
 
 class SourceError(Exception):

@@ -39,7 +39,6 @@ from monitor.entries import (
     MalformedEntry,
     Origin,
     audit_text,
-    checked_time,
     from_json,
     json_message,
     json_text,
@@ -48,6 +47,7 @@ from monitor.entries import (
 from monitor.queries import read_filter
 from monitor.sources.base import ReadStats, SourceError, Window
 from monitor.sources.budget import RateLimiter, backoff
+from monitor.times import checked_time
 
 log = logging.getLogger(__name__)
 

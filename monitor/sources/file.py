@@ -34,9 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from monitor.entries import LogEntry, MalformedEntry, from_json, parse_time
+from monitor.entries import LogEntry, MalformedEntry, from_json
 from monitor.sources.base import ReadStats, SourceError, Window
 from monitor.text import first_bad_utf8
+from monitor.times import BadTime, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _stamp(obj: Any) -> datetime | None:
         if isinstance(receive, str):
             parse_time(receive)  # from_json refuses an entry whose receive time is not one
         return parse_time(ts)
-    except MalformedEntry:
+    except BadTime:
         return None
 
 

@@ -25,9 +25,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from monitor.correlate.state import State
-from monitor.entries import format_time, parse_time
 from monitor.notify.message import Message, Thread
 from monitor.sources.base import Checkpoint
+from monitor.times import format_time, parse_time
 
 RETENTION = timedelta(days=30)
 

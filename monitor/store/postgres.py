@@ -43,7 +43,7 @@ default: about 4 s of waiting, plus the connect timeout of each try):
   transaction did not commit, or committed whole: the checkpoint is old or new, never half.
 
 Secrets: every error this module raises or logs passes through `mask`, which masks a URL's
-password (`monitor.config.mask_url`), `password=...` in connection strings and the password
+password (`monitor.redact.mask_url`), `password=...` in connection strings and the password
 itself; psycopg's own exceptions are never chained to ours, so no traceback shows them.
 
 Leases (store/base.py): expiry is the server's clock (`now()`), never an instance's. `claim`
@@ -75,10 +75,10 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from monitor.config import mask_url
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
 from monitor.notify.message import Action, Message, Thread
+from monitor.redact import mask_url
 from monitor.sources.base import Checkpoint
 from monitor.store.base import (
     RETENTION,

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
-from monitor.entries import format_time, parse_time
 from monitor.instance import gone_locally
 from monitor.notify.message import Action, Message, Thread
 from monitor.sources.base import Checkpoint
@@ -35,6 +34,7 @@ from monitor.store.base import (
     correlate_doc,
     merge_correlate,
 )
+from monitor.times import format_time, parse_time, sortable
 
 _Doc = TypeVar("_Doc", Incident, RevisionFacts)
 
@@ -134,22 +134,13 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def _ts(t: datetime) -> str:
-    """Fixed-width UTC text, so SQLite's string comparison is time order (RFC3339 with an
-    optional fraction is not: '...00.5Z' sorts before '...00Z'). One per dedupe key written:
-    `isoformat` is the cheap way to "%Y-%m-%dT%H:%M:%S.%fZ"."""
-    if t.tzinfo is not UTC:
-        t = t.astimezone(UTC)
-    return t.isoformat(timespec="microseconds")[:26] + "Z"
-
-
 def _key(key: str) -> str:
     """A dedupe key as SQLite can store it: log text may hold lone surrogates."""
     return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _now() -> str:
-    return _ts(datetime.now(UTC))
+    return sortable(datetime.now(UTC))
 
 
 class SQLiteStore:
@@ -266,7 +257,7 @@ class SQLiteStore:
                    VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                        data = excluded.data""",
-                [(i.id, unit, i.service, i.signal, i.status.value, _ts(i.first_seen), text)
+                [(i.id, unit, i.service, i.signal, i.status.value, sortable(i.first_seen), text)
                  for key, i, text in incidents],
             )
             db.executemany(
@@ -283,12 +274,13 @@ class SQLiteStore:
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO seen (key, unit, ts) VALUES (?, ?, ?)",
-                ((_key(k), unit, _ts(ts)) for k, ts in record.seen.items()),  # a replay's are many
+                # a generator: a replay's keys are many
+                ((_key(k), unit, sortable(ts)) for k, ts in record.seen.items()),
             )
             if record.forget_before is not None:
                 db.execute("DELETE FROM seen WHERE unit = ? AND ts < ?",
-                           (unit, _ts(record.forget_before)))
-            created = _ts(now)
+                           (unit, sortable(record.forget_before)))
+            created = sortable(now)
             db.executemany(
                 """INSERT OR IGNORE INTO outbox (key, unit, incident_id, payload, created_at)
                    VALUES (?, ?, ?, ?, ?)""",
@@ -311,7 +303,7 @@ class SQLiteStore:
                 db.executemany("DELETE FROM outbox WHERE incident_id = ? AND sent_at IS NOT NULL",
                                gone)
                 db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
-                           "sent_at < ?", (unit, _ts(now - RETENTION)))
+                           "sent_at < ?", (unit, sortable(now - RETENTION)))
             db.execute("UPDATE leases SET polled_at = ? WHERE unit = ?", (created, unit))
             if record.summary:
                 self._set_meta(db, "last_cycle", record.summary)
@@ -359,7 +351,7 @@ class SQLiteStore:
             if lease is not None:
                 _fence(db, lease, now, min_left)
             db.execute("UPDATE outbox SET attempts = attempts + 1, attempted_at = ? WHERE id = ?",
-                       (_ts(now), queued.id))
+                       (sortable(now), queued.id))
 
     def sent(self, incident_id: str) -> list[Sent]:
         rows = self._db.execute(
@@ -406,10 +398,10 @@ class SQLiteStore:
                 """INSERT INTO instances (id, started_at, seen_at, expires_at) VALUES (?, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at,
                        expires_at = excluded.expires_at""",
-                (holder, _ts(now), _ts(now), _ts(now + ttl)))
-            db.execute("DELETE FROM instances WHERE expires_at < ?", (_ts(now - GONE),))
+                (holder, sortable(now), sortable(now), sortable(now + ttl)))
+            db.execute("DELETE FROM instances WHERE expires_at < ?", (sortable(now - GONE),))
             (alive,) = db.execute("SELECT count(*) FROM instances WHERE expires_at > ?",
-                                  (_ts(now),)).fetchone()
+                                  (sortable(now),)).fetchone()
         return int(alive)
 
     def claim(self, holder: str, units: Collection[str], ttl: timedelta,
@@ -425,7 +417,7 @@ class SQLiteStore:
             rows = db.execute(
                 f"""SELECT unit, token, polled_at, holder IS NULL OR expires_at <= ?, holder
                     FROM leases WHERE unit IN ({marks}) ORDER BY expires_at, unit""",
-                (_ts(now), *units)).fetchall()
+                (sortable(now), *units)).fetchall()
             # One host: a holder that is a dead process of this host holds nothing.
             free = [(u, t, p) for u, t, p, expired, holder in rows
                     if expired or gone_locally(holder)][:limit]
@@ -433,7 +425,7 @@ class SQLiteStore:
                 db.execute(
                     """UPDATE leases SET holder = ?, token = ?, acquired_at = ?, renewed_at = ?,
                            expires_at = ? WHERE unit = ?""",
-                    (holder, token + 1, _ts(now), _ts(now), _ts(now + ttl), unit))
+                    (holder, token + 1, sortable(now), sortable(now), sortable(now + ttl), unit))
                 claimed.append(Lease(unit, holder, token + 1, now, now + ttl,
                                      parse_time(polled) if polled else None, now))
         return claimed
@@ -444,7 +436,8 @@ class SQLiteStore:
             row = db.execute(
                 """UPDATE leases SET renewed_at = ?, expires_at = ?
                    WHERE unit = ? AND holder = ? AND token = ? RETURNING polled_at""",
-                (_ts(now), _ts(now + ttl), lease.unit, lease.holder, lease.token)).fetchone()
+                (sortable(now), sortable(now + ttl), lease.unit, lease.holder, lease.token),
+            ).fetchone()
         if row is None:
             return None
         return Lease(lease.unit, lease.holder, lease.token, lease.acquired_at, now + ttl,
@@ -454,12 +447,12 @@ class SQLiteStore:
         with self._tx() as db:
             db.execute("""UPDATE leases SET holder = NULL, expires_at = ?
                           WHERE unit = ? AND holder = ? AND token = ?""",
-                       (_ts(datetime.now(UTC)), lease.unit, lease.holder, lease.token))
+                       (sortable(datetime.now(UTC)), lease.unit, lease.holder, lease.token))
 
     def leave(self, holder: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE leases SET holder = NULL, expires_at = ? WHERE holder = ?",
-                       (_ts(datetime.now(UTC)), holder))
+                       (sortable(datetime.now(UTC)), holder))
             db.execute("DELETE FROM instances WHERE id = ?", (holder,))
 
     def leases(self) -> list[LeaseInfo]:
@@ -467,7 +460,7 @@ class SQLiteStore:
         rows = self._db.execute(
             """SELECT l.unit, l.holder, l.token, l.acquired_at, l.expires_at, l.polled_at,
                       i.expires_at > ? FROM leases l LEFT JOIN instances i ON i.id = l.holder
-               ORDER BY l.unit""", (_ts(now),))
+               ORDER BY l.unit""", (sortable(now),))
         return [LeaseInfo(u, h, t, _time(a), _time(e), _time(p), bool(alive), now)
                 for u, h, t, a, e, p, alive in rows]
 
