@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.classify import Classifier
@@ -23,56 +23,21 @@ from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
 from monitor.correlate.health import source_health
 from monitor.correlate.incidents import Fold
-from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts, Transition
-from monitor.correlate.state import Rules, State
+from monitor.correlate.model import IncidentKind, Transition
+from monitor.correlate.state import State
 from monitor.entries import LogEntry
-from monitor.notify.message import Message, Notifier
+from monitor.messages import Message
+from monitor.notify.message import Notifier
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
+from monitor.output import CycleResult
 from monitor.sources import replay
-from monitor.sources.base import Checkpoint, ReadStats, Source, SourceError, Window
+from monitor.sources.base import ReadStats, Source, SourceError
 from monitor.store.base import RETENTION, CycleRecord, Lease, Store
 from monitor.times import format_time
+from monitor.window import Checkpoint, Window
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CycleResult:
-    checked_at: datetime
-    window: Window
-    state: State
-    transitions: list[Transition]
-    messages: list[Message]
-    stats: ReadStats
-    delivery: Delivery = field(default_factory=Delivery)
-    dry_run: bool = False
-    error: str | None = None  # the read failed: nothing was concluded from this cycle
-    read_only: bool = False  # another instance leads the unit: nothing was saved or sent
-
-    @property
-    def open_incidents(self) -> list[Incident]:
-        return [i for i in self.state.incidents.values() if i.status is IncidentStatus.OPEN]
-
-    def incidents_in_window(self) -> list[Incident]:
-        """Open incidents, and those that saw activity or resolved within the window."""
-        start = self.window.start
-        return sorted(
-            (
-                i for i in self.state.incidents.values()
-                if i.status is IncidentStatus.OPEN or start is None or i.last_seen >= start
-                or (i.resolved_at is not None and i.resolved_at >= start)
-            ),
-            key=lambda i: (i.first_seen, i.id),
-        )
-
-    def revisions_in_window(self) -> list[RevisionFacts]:
-        start = self.window.start
-        return sorted(
-            (f for f in self.state.revisions.values()
-             if start is None or (f.last_seen is not None and f.last_seen >= start)),
-            key=lambda f: (f.service, f.deployed_at or f.first_seen or self.checked_at, f.name),
-        )
 
 
 def build_classifier(config: Config, services: Iterable[str],
@@ -87,8 +52,6 @@ def _render(config: Config, transition: Transition, project: str | None) -> list
     """Render with the routing the config gives the incident: an error incident goes to its
     signal's channel and pings its mention, each falling back to slack.channel/slack.mention;
     migration and source incidents use slack.channel/slack.mention."""
-    from monitor.correlate.model import IncidentKind
-
     signal = config.signal(transition.incident.signal)
     routed = signal if transition.incident.kind is IncidentKind.ERROR else None
     return render(transition, project=project,
@@ -267,7 +230,7 @@ def run_cycle(
     try:
         # 1. read what has not been seen, a page at a time (a live read is done on return)
         with contextlib.closing(fresh_pages(store, source, window, stats, watch)) as pages:
-            fold = Fold(health.state, rules=Rules.from_config(config, unit),
+            fold = Fold(health.state, rules=config.rules(unit),
                         complete_until=complete_until(source, window, stats, now, lateness))
             for page in pages:
                 # 2. classify: entries -> observations

@@ -23,7 +23,7 @@ import click
 import yaml
 
 from monitor import logs, notify, sources
-from monitor.check import ClockBehind, CycleResult, run_cycle
+from monitor.check import ClockBehind, run_cycle
 from monitor.config import (
     SEND_MARGIN,
     Config,
@@ -37,7 +37,7 @@ from monitor.instance import instance_id
 from monitor.leadership import Keeper
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
-from monitor.output import result_json, result_text
+from monitor.output import CycleResult, result_json, result_text
 from monitor.redact import mask_url, scrub
 from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from monitor.classify.requests import DEFAULT_IGNORE_PATHS
+from monitor.correlate.state import Rules, SignalRule
 from monitor.redact import mask_url
 from monitor.regex import Regex, RegexError, compile_regex
 from monitor.text import not_utf8
@@ -324,6 +325,18 @@ class Config(_Model):
 
     def signal(self, name: str) -> SignalConfig | None:
         return next((s for s in self.signals if s.name == name), None)
+
+    def rules(self, unit: str | None = None) -> Rules:
+        """The incident rules of `unit`, as the values the core applies (it reads no config)."""
+        several = len(self.units) > 1
+        return Rules(
+            namespace=f"{unit}/" if several and unit else "",
+            signals={
+                s.name: SignalRule(s.severity, s.open_after, s.window, s.resolve_after)
+                for s in self.signals
+            },
+            update_every=self.slack.update_every,
+        )
 
 
 # --- loading ---------------------------------------------------------------------------------

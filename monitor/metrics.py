@@ -12,9 +12,9 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from monitor.check import CycleResult
 from monitor.correlate.model import Incident, IncidentStatus
 from monitor.leadership import Change, Leadership
+from monitor.output import CycleResult
 
 
 class Metrics:

@@ -1,4 +1,4 @@
-"""What `monitor once` prints: the JSON contract, and the same facts as text for a person.
+"""What one check gives: `CycleResult`, its JSON contract, and the same facts as text.
 
 Rules: JSON times are RFC3339 UTC and a missing value is `null`, never omitted; text is for a
 terminal and may change, JSON may not without a DESIGN.md change.
@@ -6,11 +6,61 @@ terminal and may change, JSON may not without a DESIGN.md change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from monitor.check import CycleResult
-from monitor.correlate.model import Incident, IncidentKind, IncidentStatus, RevisionFacts
+from monitor.correlate.model import (
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    RevisionFacts,
+    Transition,
+)
+from monitor.correlate.state import State
+from monitor.messages import Message
+from monitor.notify.outbox import Delivery
+from monitor.sources.base import ReadStats
 from monitor.times import format_time, second
+from monitor.window import Window
+
+
+@dataclass
+class CycleResult:
+    checked_at: datetime
+    window: Window
+    state: State
+    transitions: list[Transition]
+    messages: list[Message]
+    stats: ReadStats
+    delivery: Delivery = field(default_factory=Delivery)
+    dry_run: bool = False
+    error: str | None = None  # the read failed: nothing was concluded from this cycle
+    read_only: bool = False  # another instance leads the unit: nothing was saved or sent
+
+    @property
+    def open_incidents(self) -> list[Incident]:
+        return [i for i in self.state.incidents.values() if i.status is IncidentStatus.OPEN]
+
+    def incidents_in_window(self) -> list[Incident]:
+        """Open incidents, and those that saw activity or resolved within the window."""
+        start = self.window.start
+        return sorted(
+            (
+                i for i in self.state.incidents.values()
+                if i.status is IncidentStatus.OPEN or start is None or i.last_seen >= start
+                or (i.resolved_at is not None and i.resolved_at >= start)
+            ),
+            key=lambda i: (i.first_seen, i.id),
+        )
+
+    def revisions_in_window(self) -> list[RevisionFacts]:
+        start = self.window.start
+        return sorted(
+            (f for f in self.state.revisions.values()
+             if start is None or (f.last_seen is not None and f.last_seen >= start)),
+            key=lambda f: (f.service, f.deployed_at or f.first_seen or self.checked_at, f.name),
+        )
 
 INCIDENT_KEYS = (
     "id", "service", "signal", "kind", "severity", "status", "first_seen", "last_seen", "count",

@@ -21,8 +21,8 @@ from typing import Any
 from monitor.classify.prisma import run_label
 from monitor.config import Config, unit_name
 from monitor.correlate.model import IncidentStatus, RevisionFacts
-from monitor.notify.safe import clean
 from monitor.output import incident_json, revision_json
+from monitor.safe import clean
 from monitor.store.base import LeaseInfo, Store
 from monitor.times import BadTime, for_people, format_time, parse_time, second
 

@@ -7,8 +7,9 @@ import io
 import pytest
 
 from monitor.correlate.model import TransitionKind
+from monitor.messages import Action, Message, Thread
 from monitor.notify.console import ConsoleNotifier, for_terminal
-from monitor.notify.message import Action, DeliveryError, Message, Thread
+from monitor.notify.message import DeliveryError
 from tests.test_render import HOSTILE, SECRETS, incident, rendered, transition
 
 

@@ -380,7 +380,7 @@ def test_with_several_units_incident_ids_are_prefixed_with_the_unit():
     """Each unit's state is its own: the same service and signal in two projects at the same
     minute must not make the same incident id."""
     config = config_of("spector-prod", "spector-staging")
-    ids = [the_incident(run([hit(1)], now=1, r=Rules.from_config(config, unit))).id
+    ids = [the_incident(run([hit(1)], now=1, r=config.rules(unit))).id
            for unit in config.unit_names]
     assert ids == [f"spector-prod/{SVC}:{SIG}:20251204T210100Z",
                    f"spector-staging/{SVC}:{SIG}:20251204T210100Z"]
@@ -388,6 +388,6 @@ def test_with_several_units_incident_ids_are_prefixed_with_the_unit():
 
 def test_with_one_unit_incident_ids_are_not_prefixed():
     config = config_of("spector-prod")
-    rules_ = Rules.from_config(config, "spector-prod")
+    rules_ = config.rules("spector-prod")
     assert rules_.namespace == ""
     assert the_incident(run([hit(1)], now=1, r=rules_)).id == f"{SVC}:{SIG}:20251204T210100Z"

@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 
 from monitor.correlate.state import State
-from monitor.notify.message import Action, Message
+from monitor.messages import Action, Message
 from monitor.notify.outbox import drain
 from monitor.notify.slack import SlackNotifier
 from monitor.store import open_store

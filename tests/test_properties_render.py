@@ -28,9 +28,9 @@ from monitor.correlate.model import (
     Transition,
     TransitionKind,
 )
-from monitor.notify.message import Action, Message
+from monitor.messages import Action, Message
 from monitor.notify.render import render
-from monitor.notify.safe import MAX_BLOCKS, MAX_FIELD, MAX_HEADER, MAX_SECTION, MAX_TEXT
+from monitor.safe import MAX_BLOCKS, MAX_FIELD, MAX_HEADER, MAX_SECTION, MAX_TEXT
 from monitor.times import EARLIEST, LATEST
 from tests.test_render import texts
 

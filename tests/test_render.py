@@ -22,11 +22,11 @@ from monitor.correlate.model import (
     Transition,
     TransitionKind,
 )
-from monitor.notify.message import Action, Message
+from monitor.messages import Action, Message
 from monitor.notify.render import MAX_LINK_URL, render
-from monitor.notify.safe import MAX_BLOCKS, escape, safe_text, truncate
 from monitor.queries import logs_query
 from monitor.redact import scrub
+from monitor.safe import MAX_BLOCKS, escape, safe_text, truncate
 
 T0 = datetime(2025, 12, 4, 21, 3, tzinfo=UTC)
 CHANNEL = "#spector-alerts"

@@ -32,16 +32,17 @@ from monitor.classify.signals import SignalMatcher, Signature
 from monitor.cli import main
 from monitor.config import load_config
 from monitor.correlate.incidents import Fold, advance
-from monitor.correlate.state import Rules, State
+from monitor.correlate.state import State
 from monitor.entries import EntryKind, LogEntry
 from monitor.leadership import Keeper
 from monitor.notify.console import ConsoleNotifier
 from monitor.sources import replay
-from monitor.sources.base import ReadStats, Window
+from monitor.sources.base import ReadStats
 from monitor.sources.file import FileSource
 from monitor.sources.replay import event_order, replay_pages
 from monitor.store import open_store
 from monitor.store.base import LeaseLost
+from monitor.window import Window
 from tests.helpers import line
 from tests.test_store import claim_when_expired
 
@@ -170,7 +171,7 @@ def test_what_an_open_block_may_still_say_is_held_back():
 
 def test_folding_pages_is_advancing_once():
     config = load_config(EXAMPLES / "config.yaml")
-    rules = Rules.from_config(config)
+    rules = config.rules()
     entries = sorted(demo_entries(), key=event_order)
     observations = build_classifier(config, ["spector"], "spector-prod").classify(entries)
     now = entries[-1].timestamp
@@ -188,7 +189,7 @@ def test_folding_pages_is_advancing_once():
 def test_a_fold_refuses_an_observation_older_than_one_it_folded():
     config = load_config(EXAMPLES / "config.yaml")
     obs = classifier().classify([line(10, "MissingSessionTableError"), line(20, "hello")])
-    fold = Fold(State(), complete_until=obs[-1].at, rules=Rules.from_config(config))
+    fold = Fold(State(), complete_until=obs[-1].at, rules=config.rules())
     fold.add(obs[1:])
     with pytest.raises(ValueError, match="folded after"):
         fold.add(obs[:1])
@@ -257,7 +258,7 @@ def test_the_replay_concludes_what_one_batch_of_the_whole_file_does(as_shipped):
     now = max(e.timestamp for e in entries)
     observations = build_classifier(config, ["spector"], "spector-prod").classify(entries)
     whole = advance(State(), observations, now=now, complete_until=now,
-                    rules=Rules.from_config(config, "spector-prod"))
+                    rules=config.rules("spector-prod"))
     doc, _ = as_shipped
     assert sorted(json.dumps(i.to_json(), sort_keys=True)
                   for i in whole.state.incidents.values()) == sorted(

@@ -13,9 +13,9 @@ import pytest
 from monitor.check import _render
 from monitor.config import ConfigError, masked, parse_config
 from monitor.correlate.model import IncidentKind, IncidentStatus, MigrationFailure, TransitionKind
-from monitor.notify.message import Action, Message
+from monitor.messages import Action, Message
 from monitor.notify.render import render
-from monitor.notify.safe import MAX_SECTION, MAX_TEXT
+from monitor.safe import MAX_SECTION, MAX_TEXT
 from tests.test_render import HOSTILE, incident, texts, transition
 
 GROUP = "<!subteam^S0123ABC>"

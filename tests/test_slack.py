@@ -14,8 +14,9 @@ import pytest
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web import SlackResponse
 
+from monitor.messages import Action, Message, Thread
 from monitor.notify.console import ConsoleNotifier
-from monitor.notify.message import Action, DeliveryError, Message, Notifier, Thread
+from monitor.notify.message import DeliveryError, Notifier
 from monitor.notify.slack import SlackNotifier, classify_failure
 from monitor.notify.webhook import WebhookNotifier
 from tests.slack_server import SlackServer

@@ -15,11 +15,12 @@ import pytest
 
 from monitor.check import run_cycle
 from monitor.config import Config, parse_config
+from monitor.messages import Message, Thread
 from monitor.notify.console import ConsoleNotifier
-from monitor.notify.message import DeliveryError, Message, Thread
+from monitor.notify.message import DeliveryError
 from monitor.notify.outbox import drain
-from monitor.notify.safe import clean
 from monitor.output import INCIDENT_KEYS, REVISION_KEYS
+from monitor.safe import clean
 from monitor.sources.file import FileSource
 from monitor.status import status_report, status_text
 from monitor.store.sqlite import SQLiteStore

@@ -23,12 +23,12 @@ from monitor.correlate.model import (
 )
 from monitor.correlate.state import State
 from monitor.instance import instance_id
-from monitor.notify.message import Action, Message, Thread
-from monitor.sources.base import Checkpoint
+from monitor.messages import Action, Message, Thread
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
 from monitor.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from monitor.store.sqlite import MIGRATIONS, SQLiteStore
+from monitor.window import Checkpoint
 
 T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
 

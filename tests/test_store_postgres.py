@@ -20,8 +20,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from monitor.correlate.state import State
-from monitor.notify.message import Action, Message, Thread
-from monitor.sources.base import Checkpoint
+from monitor.messages import Action, Message, Thread
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
 from monitor.store.postgres import (
@@ -32,6 +31,7 @@ from monitor.store.postgres import (
     connection_params,
     mask,
 )
+from monitor.window import Checkpoint
 from tests.pgproxy import PgProxy
 from tests.test_store import incident, state, wait_until
 

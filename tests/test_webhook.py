@@ -22,8 +22,9 @@ import pytest
 
 from monitor.config import parse_config
 from monitor.correlate.model import TransitionKind
+from monitor.messages import Action, Message, Thread
 from monitor.notify import build
-from monitor.notify.message import Action, DeliveryError, Message, Thread
+from monitor.notify.message import DeliveryError
 from monitor.notify.render import render
 from monitor.notify.webhook import WebhookNotifier, classify_response, reply_prefix
 from tests.test_render import HOSTILE, incident, texts, transition

@@ -1,7 +1,7 @@
 """What correlate remembers between cycles (State) and the rules it applies (Rules).
 
-Rules: plain values; the store persists State as it is, and Rules is derived from the config once
-per cycle, so the state machine never reads the config itself.
+Rules: plain values; the store persists State as it is, and Rules is built from the config once
+per cycle, outside the core (`Config.rules`), so the state machine never reads the config.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from monitor.config import Config
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.revisions import RevisionKey
 
@@ -30,18 +29,6 @@ class Rules:
     # Prefixes incident ids when a config watches several units: each unit's state is its own,
     # and the same service and signal in two projects must not make the same id.
     namespace: str = ""
-
-    @classmethod
-    def from_config(cls, config: Config, unit: str | None = None) -> Rules:
-        several = len(config.units) > 1
-        return cls(
-            namespace=f"{unit}/" if several and unit else "",
-            signals={
-                s.name: SignalRule(s.severity, s.open_after, s.window, s.resolve_after)
-                for s in config.signals
-            },
-            update_every=config.slack.update_every,
-        )
 
 
 # (at, revision, sample, instance) of a match below the threshold

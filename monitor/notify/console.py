@@ -17,8 +17,9 @@ import re
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from monitor.notify.message import Action, DeliveryError, Message, Thread
-from monitor.notify.safe import clean
+from monitor.messages import Action, Message, Thread
+from monitor.notify.message import DeliveryError
+from monitor.safe import clean
 
 _LINK = re.compile(r"<(https?://[^|>\s]+)\|([^>]*)>")
 _CODE_BLOCK = re.compile(r"```(.*?)```", re.S)

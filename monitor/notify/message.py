@@ -1,66 +1,13 @@
-"""Messages as data, and the Notifier protocol every delivery channel implements.
+"""The Notifier protocol every delivery channel implements, and its one error type.
 
-Rules: a Message is fully rendered before it is stored in the outbox, so what is sent after a
-restart is exactly what was decided before it. The only things resolved at send time are Slack's
-own ids (the root message's `ts`), which do not exist until the root is posted.
+The messages themselves are values below both this package and the store (`monitor.messages`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
-
-class Action(StrEnum):
-    POST_ROOT = "post_root"  # a new top-level message: the incident's thread root
-    REPLY = "reply"  # a reply in the incident's thread
-    UPDATE_ROOT = "update_root"  # edit the root to show the current state (chat.update)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    key: str  # idempotency key: "<incident id>#<transition seq>.<n>"
-    incident_id: str
-    action: Action
-    channel: str
-    text: str  # plain fallback, already escaped for Slack mrkdwn
-    blocks: list[dict[str, Any]] = field(default_factory=list)
-    broadcast: bool = False  # reply_broadcast: also show the reply in the channel
-    link_thread_of: str | None = None  # a regression links the earlier incident's thread
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "incident_id": self.incident_id,
-            "action": self.action.value,
-            "channel": self.channel,
-            "text": self.text,
-            "blocks": self.blocks,
-            "broadcast": self.broadcast,
-            "link_thread_of": self.link_thread_of,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Message:
-        return cls(
-            key=d["key"],
-            incident_id=d["incident_id"],
-            action=Action(d["action"]),
-            channel=d["channel"],
-            text=d["text"],
-            blocks=list(d.get("blocks", [])),
-            broadcast=bool(d.get("broadcast", False)),
-            link_thread_of=d.get("link_thread_of"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Thread:
-    """Where a message goes: the root's channel and ts, once the root has been posted."""
-
-    channel: str
-    ts: str
+from monitor.messages import Message, Thread
 
 
 class DeliveryError(Exception):

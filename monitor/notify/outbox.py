@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from monitor.config import SEND_MARGIN
-from monitor.notify.message import Action, DeliveryError, Notifier, Thread
-from monitor.store.base import Lease, LeaseEnding, LeaseLost, Queued, Store
+from monitor.messages import Action, Queued, Thread
+from monitor.notify.message import DeliveryError, Notifier
+from monitor.store.base import Lease, LeaseEnding, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 

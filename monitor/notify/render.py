@@ -36,8 +36,10 @@ from monitor.correlate.model import (
     Transition,
     TransitionKind,
 )
-from monitor.notify.message import Action, Message
-from monitor.notify.safe import (
+from monitor.evidence.summary import summary_and_checklist
+from monitor.messages import Action, Message
+from monitor.queries import TEXT_FIELDS, logs_query, logs_url, url_quote
+from monitor.safe import (
     MAX_BLOCKS,
     MAX_FIELD,
     MAX_HEADER,
@@ -48,7 +50,6 @@ from monitor.notify.safe import (
     safe_text,
     truncate,
 )
-from monitor.queries import TEXT_FIELDS, logs_query, logs_url, url_quote
 from monitor.times import for_people, minute
 
 MAX_LIST = 20  # revisions, migrations or changes listed before "and N more"
@@ -383,9 +384,7 @@ def render(transition: Transition, *, channel: str, project: str | None,
     blocks = [section(text)]
     if transition.kind is TransitionKind.RESOLVED and inc.kind is not IncidentKind.SOURCE:
         # The write-up's summary and checklist, ready to paste into the post-mortem, as a second
-        # section of the confirmation. Imported here: the report builds on this module.
-        from monitor.report.markdown import summary_and_checklist
-
+        # section of the confirmation.
         blocks.append(section(summary_and_checklist(transition, pattern, project)))
     reply = msg(Action.REPLY, text, blocks, broadcast=transition.kind is TransitionKind.RESOLVED)
     if transition.kind is TransitionKind.QUIET_NO_TRAFFIC:

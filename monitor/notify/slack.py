@@ -23,10 +23,11 @@ from urllib.error import URLError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
 
-from monitor.notify.message import Action, DeliveryError, Message, Thread
+from monitor.messages import Action, Message, Thread
+from monitor.notify.message import DeliveryError
 from monitor.notify.render import context, link
-from monitor.notify.safe import MAX_BLOCKS, safe_text
 from monitor.redact import scrub
+from monitor.safe import MAX_BLOCKS, safe_text
 
 METADATA_EVENT = "monitor_message"  # event_type of the metadata on every post
 

@@ -40,10 +40,11 @@ from urllib.parse import urlsplit
 from slack_sdk.errors import SlackClientError
 from slack_sdk.webhook import WebhookClient
 
-from monitor.notify.message import Action, DeliveryError, Message, Thread
+from monitor.messages import Action, Message, Thread
+from monitor.notify.message import DeliveryError
 from monitor.notify.render import section
-from monitor.notify.safe import MAX_SECTION, MAX_TEXT, safe_text, truncate
 from monitor.notify.slack import classify_failure
+from monitor.safe import MAX_SECTION, MAX_TEXT, safe_text, truncate
 
 # slack-sdk logs the URL (and bodies) at debug level and failures at error level; the monitor
 # reports every failure itself, without the URL.

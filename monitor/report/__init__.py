@@ -6,17 +6,10 @@ gathering reads the store and never the network, rendering is pure and escapes f
 
 from __future__ import annotations
 
-from monitor.report.facts import (
-    DEFAULT_SINCE,
-    IncidentReport,
-    Report,
-    SentNotification,
-    Verification,
-    build,
-    sent_notifications,
-    to_json,
-)
-from monitor.report.markdown import report_markdown, summary_and_checklist
+from monitor.evidence.claims import IncidentReport, SentNotification, Verification
+from monitor.evidence.summary import summary_and_checklist
+from monitor.report.facts import DEFAULT_SINCE, Report, build, sent_notifications, to_json
+from monitor.report.markdown import report_markdown
 
 __all__ = ["DEFAULT_SINCE", "IncidentReport", "Report", "SentNotification", "Verification",
            "build", "report_markdown", "sent_notifications", "summary_and_checklist", "to_json"]

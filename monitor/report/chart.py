@@ -28,9 +28,10 @@ from typing import Any
 from monitor.config import Config
 from monitor.correlate.model import IncidentKind
 from monitor.entries import EntryKind, LogEntry
+from monitor.evidence.claims import IncidentReport
 from monitor.regex import compile_regex
-from monitor.report.facts import IncidentReport
-from monitor.sources.base import ReadStats, SourceError, Window
+from monitor.sources.base import ReadStats, SourceError
+from monitor.window import Window
 
 # Before the import, which warns while importing (a config directory it cannot write, the font
 # cache): matplotlib's own state is not the user's business, only an error is.

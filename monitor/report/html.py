@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 from monitor.config import Config
 from monitor.correlate.model import MigrationRecord
-from monitor.notify.safe import clean
+from monitor.evidence.claims import IncidentReport
 from monitor.redact import scrub
 from monitor.report.chart import Series, error_series_all, timeline_svg
-from monitor.report.facts import IncidentReport, Report
+from monitor.report.facts import Report
 from monitor.report.markdown import notification_line
+from monitor.safe import clean
 from monitor.times import for_people, minute
 
 CSS = """

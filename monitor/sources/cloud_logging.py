@@ -45,9 +45,10 @@ from monitor.entries import (
     origin,
 )
 from monitor.queries import read_filter
-from monitor.sources.base import ReadStats, SourceError, Window
+from monitor.sources.base import ReadStats, SourceError
 from monitor.sources.budget import RateLimiter, backoff
 from monitor.times import checked_time
+from monitor.window import Window
 
 log = logging.getLogger(__name__)
 

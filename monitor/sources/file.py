@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from monitor.entries import LogEntry, MalformedEntry, from_json
-from monitor.sources.base import ReadStats, SourceError, Window
+from monitor.sources.base import ReadStats, SourceError
 from monitor.text import first_bad_utf8
 from monitor.times import BadTime, parse_time
+from monitor.window import Window
 
 log = logging.getLogger(__name__)
 

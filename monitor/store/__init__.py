@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from monitor.store.base import CycleRecord, Queued, Store
+from monitor.store.base import CycleRecord, Store
 from monitor.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from monitor.store.postgres import PostgresStore
 
-__all__ = ["CycleRecord", "Queued", "SQLiteStore", "Store", "open_store"]
+__all__ = ["CycleRecord", "SQLiteStore", "Store", "open_store"]
 
 
 def open_store(url: str) -> SQLiteStore | PostgresStore:

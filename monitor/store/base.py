@@ -25,9 +25,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from monitor.correlate.state import State
-from monitor.notify.message import Message, Thread
-from monitor.sources.base import Checkpoint
+from monitor.messages import Message, Queued, Sent, Thread
 from monitor.times import format_time, parse_time
+from monitor.window import Checkpoint
 
 RETENTION = timedelta(days=30)
 
@@ -93,28 +93,6 @@ class CycleRecord:
     # messages older than RETENTION (real time), are deleted, so the state stays bounded.
     retain_after: datetime | None = None
     lease: Lease | None = None  # the fence: the commit happens only while this is still held
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """A message waiting in the outbox, with the attempts made so far."""
-
-    id: int
-    message: Message
-    attempts: int  # counted before each try: > 0 and unsent means an earlier try's fate is unknown
-    last_error: str | None
-    next_attempt_at: datetime | None = None
-    attempted_at: datetime | None = None  # real time the last attempt started
-    unit: str = ""  # the unit of work whose cycle queued it: its lease fences the delivery
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A delivered message: what was said, when it was sent (wall clock) and Slack's ts."""
-
-    message: Message
-    sent_at: datetime
-    ts: str | None
 
 
 class Store(Protocol):

@@ -77,20 +77,18 @@ from psycopg.types.json import Jsonb
 
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
-from monitor.notify.message import Action, Message, Thread
+from monitor.messages import Action, Message, Queued, Sent, Thread
 from monitor.redact import mask_url
-from monitor.sources.base import Checkpoint
 from monitor.store.base import (
     RETENTION,
     CycleRecord,
     Lease,
     LeaseInfo,
-    Queued,
-    Sent,
     check_fence,
     correlate_doc,
     merge_correlate,
 )
+from monitor.window import Checkpoint
 
 log = logging.getLogger(__name__)
 

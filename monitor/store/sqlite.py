@@ -20,21 +20,19 @@ from typing import Any, TypeVar
 from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
 from monitor.correlate.state import State
 from monitor.instance import gone_locally
-from monitor.notify.message import Action, Message, Thread
-from monitor.sources.base import Checkpoint
+from monitor.messages import Action, Message, Queued, Sent, Thread
 from monitor.store.base import (
     RETENTION,
     CycleRecord,
     Lease,
     LeaseInfo,
     NotAMonitorDatabase,
-    Queued,
-    Sent,
     check_fence,
     correlate_doc,
     merge_correlate,
 )
 from monitor.times import format_time, parse_time, sortable
+from monitor.window import Checkpoint
 
 _Doc = TypeVar("_Doc", Incident, RevisionFacts)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from monitor.correlate.model import IncidentStatus
 from monitor.emulator import Emulator
 from monitor.emulator.server import RequestRecord
-from monitor.notify.message import Message
+from monitor.messages import Message
 from monitor.store.postgres import PostgresStore
 from tests.e2e.test_delivery_faults import audit_delivery
 from tests.e2e.test_service import free_port, get, wait_for

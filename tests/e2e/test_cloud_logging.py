@@ -296,7 +296,7 @@ def test_a_slow_page_past_the_timeout_is_retried(emulator, store):
 
 def test_the_filters_the_monitor_builds_parse_in_the_emulator(emulator):
     from monitor.emulator.query import compile_filter
-    from monitor.sources.base import Window
+    from monitor.window import Window
 
     src = source(emulator, request_sample=0.1)
     for window in (Window(), Window(start=T0, end=T0), Window(start=T0, end=T0,

@@ -65,13 +65,14 @@ from monitor.check import run_cycle
 from monitor.config import Config, parse_config
 from monitor.correlate.state import State
 from monitor.entries import LogEntry, from_json
-from monitor.notify.message import Action, Message
+from monitor.messages import Action, Message
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.slack import SlackNotifier
-from monitor.sources.base import ReadStats, Window
+from monitor.sources.base import ReadStats
 from monitor.sources.file import FileSource
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Store
+from monitor.window import Window
 from tests.helpers import T0, export_entry, small_incident
 from tests.slack_server import Call, SlackServer
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from monitor.emulator import Emulator
-from monitor.sources.base import Checkpoint
 from monitor.store import open_store
+from monitor.window import Checkpoint
 from tests.slack_server import SlackServer
 
 REVISION = "spector-00042-wex"

@@ -21,8 +21,8 @@ import shlex
 from datetime import UTC, datetime, timedelta
 
 from monitor.correlate.model import IncidentKind, IncidentStatus, RevisionFacts
+from monitor.evidence.claims import Check, IncidentReport, Verification
 from monitor.queries import logs_query, logs_url
-from monitor.report.facts import Check, IncidentReport, Verification
 from monitor.times import minute, sortable
 
 TICK = timedelta(microseconds=1)

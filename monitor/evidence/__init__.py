@@ -1,0 +1,1 @@
+"""The evidence of an incident's conclusion: claims, checklist, gcloud commands (pure)."""
