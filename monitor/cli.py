@@ -15,7 +15,6 @@ import logging
 import re
 import sqlite3
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -34,7 +33,7 @@ from monitor.config import (
     unit_name,
 )
 from monitor.instance import instance_id
-from monitor.leadership import Keeper
+from monitor.leadership import Leadership
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.message import DeliveryError
 from monitor.output import CycleResult, result_json, result_text
@@ -43,7 +42,7 @@ from monitor.sources.base import Source, SourceError
 from monitor.sources.cloud_logging import CredentialsError
 from monitor.sources.file import FileSource
 from monitor.store import open_store
-from monitor.store.base import Lease, LeaseLost, Store
+from monitor.store.base import LeaseLost, Store
 from monitor.times import EARLIEST, LATEST, BadTime, TimeOutOfRange, parse_time
 from monitor.times import parse_duration as _parse_duration
 
@@ -155,39 +154,37 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     notifier = notify.build(config, out)
     results: list[CycleResult] = []
     store = _open_store(config)
-    # Like any instance, `once` writes a unit only under its lease; a unit that `monitor run`
-    # leads is checked read-only (nothing saved or sent: the leader does that).
-    holder = f"once-{instance_id()}"
-    leases: dict[str, Lease] = {}
+    # Like any instance, `once` writes a unit only under its lease, with the leadership code of
+    # `monitor run` in burst mode; a unit that `monitor run` leads is checked read-only (nothing
+    # saved or sent: the leader does that).
+    leadership = Leadership(store, f"once-{instance_id()}", config.unit_names, config.lease,
+                            config.poll.interval, burst=True,
+                            min_left=timedelta(seconds=notifier.timeout) + SEND_MARGIN)
     try:
         # The clocks first: a replay's is a pass over the export, which needs no lease.
         checks = [(unit, source, now_ or _clock(source)) for unit in config.units
                   for source in [sources.build(config, unit)]]
-        sent = time.monotonic()
         if not dry_run:
-            leases = {lease.unit: lease for lease in store.claim(
-                holder, config.unit_names, config.lease, len(config.units))}
-        keeper = Keeper(store, config.lease, timedelta(seconds=notifier.timeout) + SEND_MARGIN,
-                        dict(leases), sent)
+            leadership.refresh()
         for unit, source, now in checks:
             name = unit_name(unit)
-            lease = leases.get(name)
-            if lease is None and not dry_run:
+            led = name in leadership.held
+            if not led and not dry_run:
                 log.warning("%s is led by another instance (`monitor status` shows which): "
                             "checked read-only, nothing saved or sent", name)
             results.append(run_cycle(
-                config, store, source, notifier,
+                config, store, leadership.guard(name, source) if led else source, notifier,
                 unit=name,
                 services=unit.services,
                 project=unit.project,
                 now=now,
                 since=since,
                 default_lookback=config.poll.first_lookback if source.live else None,
-                dry_run=dry_run or lease is None,
-                lease=lease,
-                keep_alive=functools.partial(keeper.keep, name) if lease is not None else None,
+                dry_run=dry_run or not led,
+                lease=leadership.held.get(name),
+                keep_alive=functools.partial(leadership.keep, name) if led else None,
             ))
-            results[-1].read_only = lease is None and not dry_run
+            results[-1].read_only = not led and not dry_run
     except CredentialsError as exc:
         _fail(EXIT_USAGE, str(exc))
     except ClockBehind as exc:
@@ -202,8 +199,7 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
                                f"{mask_url(str(exc))}")
     finally:
         with contextlib.suppress(Exception):  # else they expire by themselves
-            for lease in leases.values():
-                store.release(lease)
+            leadership.leave()
         store.close()
     result = results[0] if len(results) == 1 else _merge(results)
     if dry_run:
@@ -221,9 +217,9 @@ def once(config_path: str | None, since: timedelta | None, now_: datetime | None
     if owed:
         _fail(EXIT_INCOMPLETE, f"{owed} notification(s) not delivered yet; they stay queued "
                                "and are sent by the next check")
-    led = [unit_name(u) for u, r in zip(config.units, results, strict=True) if r.read_only]
-    if led:
-        _fail(EXIT_READ_ONLY, f"{', '.join(led)}: led by another instance, checked read-only "
+    others = [unit_name(u) for u, r in zip(config.units, results, strict=True) if r.read_only]
+    if others:
+        _fail(EXIT_READ_ONLY, f"{', '.join(others)}: led by another instance, checked read-only "
                               "(nothing saved or sent; `monitor status` shows the leader)")
     sys.exit(EXIT_OPEN if result.open_incidents else EXIT_OK)
 

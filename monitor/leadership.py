@@ -21,6 +21,14 @@ Rules:
 - A unit taken over from another instance is not polled until one interval after its last
   committed cycle (`polled_at`, the store's clock), in case its previous leader gave it up
   early (an older version).
+- Burst mode is `monitor once` (as arq's worker has one): the same leases, reads and renewals,
+  but the instance does not count itself alive (a check of a few seconds must not make the
+  `monitor run` instances give units up to it), claims every free unit, renews while its check
+  runs (`keep`), and releases what it holds at once when it leaves, so the next `once` (a
+  post-deploy gate runs it twice in a row) can check again.
+- `keep` is what a long check calls between entries, pages and sends (check.Watch): a clock read
+  until a lease has used a third of its time, or has less left than a send needs (`min_left`),
+  then every held lease is renewed (later units' too: they wait their turn).
 - `plan` is pure; `Leadership.refresh` does the I/O and records each change for metrics and logs.
 """
 
@@ -78,12 +86,15 @@ class Leadership:
     clock: Callable[[], float] = time.monotonic
     until: dict[str, float] = field(default_factory=dict)  # unit -> lease surely held until
     read_at: dict[str, float] = field(default_factory=dict)  # unit -> this instance's last read
+    burst: bool = False  # `monitor once` (see the module docstring)
+    min_left: timedelta = timedelta(0)  # lease a send needs: the notifier's timeout and a margin
+    renewals: int = 0  # by `keep`
 
     def refresh(self) -> list[Change]:
         """Heartbeat, renew, rebalance: one store round-trip each. Raises on a store error
         (the caller skips this tick; what it holds is still fenced)."""
         changes: list[Change] = []
-        self.alive = self.store.heartbeat(self.holder, self.ttl)
+        self.alive = 1 if self.burst else self.store.heartbeat(self.holder, self.ttl)
         self.fresh = set()
         for unit, lease in sorted(self.held.items()):
             if self._renew(lease, self.ttl) is None:
@@ -143,6 +154,21 @@ class Leadership:
                 raise LeaseEnding(f"unit {unit}: the lease does not last one more interval")
         self.read_at[unit] = self.clock()
 
+    def keep(self, unit: str) -> None:
+        """During a long check: renew what is due (see the module docstring). Raises LeaseLost
+        when `unit`'s lease was taken over, now or at an earlier renewal."""
+        need = max(self.ttl.total_seconds() * 2 / 3, self.min_left.total_seconds())
+        now = self.clock()
+        if any(self.until.get(u, now) - now < need for u in self.held):
+            for held, lease in sorted(self.held.items()):
+                if self._renew(lease, self.ttl) is None:
+                    log.warning("lease of %s lost (token %d): another instance took it over",
+                                held, lease.token)
+                else:
+                    self.renewals += 1
+        if unit not in self.held:
+            raise LeaseLost(f"unit {unit}: the lease was taken over during this check")
+
     def lost(self, unit: str) -> None:
         """A fenced write was refused, or the renewal failed: another instance leads it now."""
         self.held.pop(unit, None)
@@ -151,7 +177,15 @@ class Leadership:
 
     def leave(self) -> None:
         """At shutdown: hand every unit over now instead of when the leases expire, except one
-        read less than an interval ago, whose lease runs out one interval after that read."""
+        read less than an interval ago, whose lease runs out one interval after that read (in
+        burst mode every unit at once: see the module docstring)."""
+        if self.burst:
+            for lease in self.held.values():
+                self.store.release(lease)
+            self.held.clear()
+            self.until.clear()
+            self.fresh.clear()
+            return
         late = {unit for unit in self.held if self._left(unit) > 0}
         if not late:
             self.store.leave(self.holder)
@@ -199,52 +233,6 @@ class Leadership:
             return f"standby ({self.alive} instance(s) alive, no unit left for this one)"
         parts = [f"{u} (token {lease.token})" for u, lease in sorted(self.held.items())]
         return f"leader of {', '.join(parts)}; {self.alive} instance(s) alive"
-
-
-@dataclass
-class Keeper:
-    """The leases `monitor once` holds, kept for as long as its check runs.
-
-    `monitor run` renews every tick; `once` has no ticks, and one check of a long export (a
-    million entries), or a long queue at Slack's pace, can outlast a lease. Then another
-    instance may claim the unit mid-check (this commit is refused: exit 3), and even unclaimed,
-    sends stop (none starts without `min_left` of lease: LeaseEnding, exit 3 with messages
-    owed). So the cycle calls `keep(unit)` between entries, pages and sends (check.Watch); it
-    costs a clock read until a lease has used a third of its time, or has less left than a
-    send needs, and then renews every held lease (later units' too: they wait their turn).
-    """
-
-    store: Store
-    ttl: timedelta
-    min_left: timedelta  # what a send needs (the notifier's timeout and a margin)
-    leases: dict[str, Lease]
-    sent: float  # the monotonic clock before the claim that returned `leases`
-    clock: Callable[[], float] = time.monotonic
-    until: dict[str, float] = field(default_factory=dict)
-    lost: set[str] = field(default_factory=set)
-    renewals: int = 0
-
-    def __post_init__(self) -> None:
-        self.until = {unit: _until(self.sent, lease) for unit, lease in self.leases.items()}
-
-    def keep(self, unit: str) -> None:
-        """Renew what is due; LeaseLost if `unit`'s lease was taken over (now or earlier)."""
-        need = max(self.ttl.total_seconds() * 2 / 3, self.min_left.total_seconds())
-        if any(self.until[u] - self.clock() < need for u in self.leases):
-            for held, lease in sorted(self.leases.items()):
-                sent = self.clock()
-                renewed = self.store.renew(lease, self.ttl)
-                if renewed is None:
-                    log.warning("lease of %s lost (token %d): another instance took it over",
-                                held, lease.token)
-                    del self.leases[held]
-                    self.lost.add(held)
-                    continue
-                self.leases[held] = renewed
-                self.until[held] = _until(sent, renewed)
-                self.renewals += 1
-        if unit in self.lost:
-            raise LeaseLost(f"unit {unit}: the lease was taken over during this check")
 
 
 def _until(sent: float, lease: Lease) -> float:

@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import signal
 import sys
@@ -41,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor import notify, sources
 from monitor.check import Cancelled, ClockBehind, run_cycle
-from monitor.config import Config, unit_name
+from monitor.config import SEND_MARGIN, Config, unit_name
 from monitor.http_server import (
     HTTP_QUEUE,
     HTTP_WORKERS,
@@ -116,9 +117,10 @@ class Service:
         self.idle = threading.Event()
         self.idle.set()
         self.health = Health(self.config.poll.interval, self.clock())
+        send = timedelta(seconds=self.notifier.timeout) + SEND_MARGIN
         self.leadership = Leadership(self.store, self.holder, self.config.unit_names,
                                      self.config.lease, self.config.poll.interval,
-                                     sleep=self.stop.wait)
+                                     sleep=self.stop.wait, min_left=send)
         limiters: dict[str | None, RateLimiter] = {}
         self.sources: list[tuple[str, Any, Source]] = []
         for unit in self.config.units:
@@ -174,6 +176,7 @@ class Service:
                 services=unit.services, project=unit.project, now=now,
                 default_lookback=self.config.poll.first_lookback if source.live else None,
                 stop=self.stop, lease=self.leadership.held[name],
+                keep_alive=functools.partial(self.leadership.keep, name),
             )
         except Cancelled as exc:
             log.info("check of %s abandoned: %s; the next run re-reads it", name, exc)

@@ -14,7 +14,7 @@ import pytest
 from monitor.check import Cancelled
 from monitor.correlate.state import State
 from monitor.instance import gone_locally, instance_id
-from monitor.leadership import Change, Keeper, Leadership, Plan, plan
+from monitor.leadership import Change, Leadership, Plan, plan
 from monitor.sources.base import ReadStats
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
@@ -261,7 +261,7 @@ def test_a_live_process_or_another_host_or_garbage_is_not_gone(dead_pid, monkeyp
     assert gone_locally(holder)
 
 
-# --- Keeper: the leases of `monitor once` ---------------------------------------------------
+# --- burst mode: the leases of `monitor once` -----------------------------------------------
 
 
 class Clock:
@@ -276,44 +276,59 @@ def expiries(store) -> dict[str, datetime]:
     return {info.unit: info.expires_at for info in store.leases()}
 
 
-def test_the_keeper_renews_every_lease_once_a_third_of_it_has_passed(stores):
-    store, clock = stores(), Clock()
-    leases = {lease.unit: lease for lease in store.claim("once-a", UNITS, MINUTE, 3)}
-    keeper = Keeper(store, MINUTE, timedelta(seconds=11), dict(leases), sent=0.0, clock=clock)
-    before = expiries(store)
+def burst(store, units=UNITS, ttl=MINUTE, min_left=timedelta(seconds=11), clock=None):
+    return Leadership(store=store, holder="once-a", units=list(units), ttl=ttl, interval=HOUR / 60,
+                      burst=True, min_left=min_left, clock=clock or Clock())
+
+
+def test_a_burst_takes_every_free_unit_without_counting_itself_alive(stores):
+    running = leader(stores(), "run-a")
+    running.refresh()
+    running.store.release(running.held.pop("u3"))
+    once = burst(stores())
+    assert once.refresh() == [Change("u3", "acquired", 2)]
+    assert running.refresh() == []  # the instance of `run` keeps its share: once is not alive
+    assert sorted(running.held) == ["u1", "u2"] and running.alive == 1
+    once.leave()
+    assert once.held == {} and [i.holder for i in once.store.leases() if i.unit == "u3"] == [None]
+
+
+def test_a_burst_renews_every_lease_once_a_third_of_it_has_passed(stores):
+    clock = Clock()
+    once = burst(stores(), clock=clock)
+    once.refresh()
+    before = expiries(once.store)
     clock.t = 19.0
-    keeper.keep("u1")
-    assert keeper.renewals == 0 and expiries(store) == before  # a clock read, nothing more
+    once.keep("u1")
+    assert once.renewals == 0 and expiries(once.store) == before  # a clock read, nothing more
     clock.t = 21.0
-    keeper.keep("u1")
-    assert keeper.renewals == 3  # the later units' too: they wait their turn
-    assert all(expiries(store)[u] > before[u] for u in UNITS)
-    assert {u: lease.token for u, lease in keeper.leases.items()} == {u: 1 for u in UNITS}
+    once.keep("u1")
+    assert once.renewals == 3  # the later units' too: they wait their turn
+    assert all(expiries(once.store)[u] > before[u] for u in UNITS)
+    assert {u: lease.token for u, lease in once.held.items()} == {u: 1 for u in UNITS}
     clock.t = 21.0 + 19.0
-    keeper.keep("u3")
-    assert keeper.renewals == 3
+    once.keep("u3")
+    assert once.renewals == 3
 
 
-def test_the_keeper_renews_when_a_send_needs_more_than_two_thirds_of_the_lease(stores):
-    store, clock = stores(), Clock()
-    ttl = timedelta(seconds=12)
-    leases = {lease.unit: lease for lease in store.claim("once-a", ["u1"], ttl, 1)}
-    keeper = Keeper(store, ttl, timedelta(seconds=11), dict(leases), sent=0.0, clock=clock)
-    keeper.keep("u1")
-    assert keeper.renewals == 0
+def test_a_burst_renews_when_a_send_needs_more_than_two_thirds_of_the_lease(stores):
+    clock = Clock()
+    once = burst(stores(), units=["u1"], ttl=timedelta(seconds=12), clock=clock)
+    once.refresh()
+    once.keep("u1")
+    assert once.renewals == 0
     clock.t = 1.5  # 10.5 s left: too little for a send that needs 11
-    keeper.keep("u1")
-    assert keeper.renewals == 1
+    once.keep("u1")
+    assert once.renewals == 1
 
 
-def test_the_keeper_says_a_unit_taken_over_is_lost_and_keeps_the_others(stores):
-    store, clock = stores(), Clock()
-    ttl = timedelta(milliseconds=300)
-    leases = {lease.unit: lease for lease in store.claim("once-a", UNITS, ttl, 3)}
-    keeper = Keeper(store, ttl, timedelta(0), dict(leases), sent=0.0, clock=clock)
+def test_a_burst_says_a_unit_taken_over_is_lost_and_keeps_the_others(stores):
+    clock = Clock()
+    once = burst(stores(), ttl=timedelta(milliseconds=300), min_left=timedelta(0), clock=clock)
+    once.refresh()
     claim_when_expired(stores(), "run-b", "u2")  # once was slow; an instance of run took u2
     clock.t = 10.0
-    keeper.keep("u1")
-    assert sorted(keeper.leases) == ["u1", "u3"] and keeper.lost == {"u2"}
+    once.keep("u1")
+    assert sorted(once.held) == ["u1", "u3"]
     with pytest.raises(LeaseLost, match="u2: the lease was taken over during this check"):
-        keeper.keep("u2")
+        once.keep("u2")

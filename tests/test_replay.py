@@ -34,7 +34,7 @@ from monitor.config import load_config
 from monitor.correlate.incidents import Fold, advance
 from monitor.correlate.state import State
 from monitor.entries import EntryKind, LogEntry
-from monitor.leadership import Keeper
+from monitor.leadership import Leadership
 from monitor.notify.console import ConsoleNotifier
 from monitor.sources import replay
 from monitor.sources.base import ReadStats
@@ -343,17 +343,18 @@ def test_a_replay_stopped_midway_saves_nothing_and_leaves_no_spill(tmp_path, mon
 
 
 def test_a_replay_whose_lease_is_taken_over_midway_saves_and_sends_nothing(tmp_path):
-    """`monitor once` renews its lease as a long replay goes on (leadership.Keeper); when the
+    """`monitor once` renews its lease as a long replay goes on (Leadership.keep); when the
     renewal finds another instance took the unit over, the replay stops before its commit."""
     shipped = load_config(EXAMPLES / "config.yaml")
     config = shipped.model_copy(update={"state": shipped.state.model_copy(
         update={"url": f"sqlite:///{tmp_path}/state.db"})})
     store, other = open_store(config.state.url), open_store(config.state.url)
-    ttl = timedelta(milliseconds=300)
-    (lease,) = store.claim("once-a", ["spector-prod"], ttl, 1)
     ticks = iter(range(0, 10**9, 60))  # a minute passes between two looks at the clock
-    keeper = Keeper(store, ttl, timedelta(0), {"spector-prod": lease}, sent=0.0,
-                    clock=lambda: float(next(ticks)))
+    once = Leadership(store=store, holder="once-a", units=["spector-prod"],
+                      ttl=timedelta(milliseconds=300), interval=timedelta(milliseconds=100),
+                      burst=True, clock=lambda: float(next(ticks)))
+    once.refresh()
+    lease = once.held["spector-prod"]
     source = FileSource(EXPORT)
     now = source.latest_timestamp() or datetime.now(UTC)
     try:
@@ -361,7 +362,7 @@ def test_a_replay_whose_lease_is_taken_over_midway_saves_and_sends_nothing(tmp_p
         with pytest.raises(LeaseLost, match="taken over during this check"):
             run_cycle(config, store, source, ConsoleNotifier(io.StringIO()), unit="spector-prod",
                       services=["spector"], project="spector-prod", now=now, lease=lease,
-                      keep_alive=lambda: keeper.keep("spector-prod"))
+                      keep_alive=lambda: once.keep("spector-prod"))
         assert store.checkpoint("spector-prod") is None
         assert store.load_state("spector-prod").incidents == {} and store.queued() == []
     finally:
