@@ -1,10 +1,11 @@
 """The monitor's own logs: JSON lines Cloud Logging parses, or readable text on a terminal.
 
-Rules: one record per line; `severity` and `message` are the fields Cloud Logging reads from a
-container's JSON output, and `logging.googleapis.com/labels` become the entry's labels (no trace
-fields: the monitor serves no traced requests). Every line passes through the secret filter
-before it is written: known secret values (the Slack token, the state URL's password) are
-replaced, and anything shaped like a secret is scrubbed, including in tracebacks.
+Rules: on Cloud Run, one JSON record per line written by google-cloud-logging's own
+`StructuredLogHandler` (`severity`, `message`, `logging.googleapis.com/labels` with the logger as
+`python_logger`, and the source location): the library that defines the format writes it. Every
+line passes through the secret filter before it is written: known secret values (the Slack token,
+the state URL's password) are replaced, and anything shaped like a secret is scrubbed, including
+in tracebacks.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
 from typing import TextIO
 
 from monitor.redact import scrub
@@ -34,25 +34,15 @@ class SecretFilter(logging.Filter):
         return scrub(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redact(record.getMessage())
+        if isinstance(record.msg, Mapping):  # a structured payload: its text, kept a mapping
+            record.msg = json.loads(self.redact(json.dumps(record.msg, default=str)))
+        else:
+            record.msg = self.redact(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_text:
-            message = f"{message}\n{record.exc_text}"
-        return json.dumps({
-            "severity": record.levelname if record.levelname != "WARN" else "WARNING",
-            "message": message,
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
-            "logging.googleapis.com/labels": {**LABELS, "logger": record.name},
-        }, ensure_ascii=False)
 
 
 def configure(level: str = "INFO", *, stream: TextIO | None = None, json_lines: bool | None = None,
@@ -61,10 +51,19 @@ def configure(level: str = "INFO", *, stream: TextIO | None = None, json_lines: 
     stream = stream or sys.stdout
     if json_lines is None:
         json_lines = not stream.isatty()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(SecretFilter(secrets))
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
-        "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler: logging.Handler
+    if json_lines:
+        # Imported here: the library takes a second to import, and only `run` writes JSON.
+        from google.cloud.logging_v2.handlers import StructuredLogHandler
+
+        handler = StructuredLogHandler(labels=LABELS, stream=stream)  # type: ignore[no-untyped-call]
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter(secrets))  # after the library's filter: before any output
+    # The library writes one diagnostic entry through this logger with the handler attached to
+    # it; propagating it to the root logger (the same handler) would write it twice.
+    logging.getLogger("google.cloud.logging_v2.handlers.structured_log").propagate = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -90,10 +90,15 @@ def test_json_logs_are_what_cloud_logging_parses_and_carry_no_secret():
         raise ValueError("token xoxb-secret-123 rejected")
     except ValueError:
         log.exception("it failed")
+    # google-cloud-logging's StructuredLogHandler writes the lines; its one diagnostic entry
+    # per process (`logging.googleapis.com/diagnostic`, no message) is left out here.
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = [line for line in lines if "logging.googleapis.com/diagnostic" not in line]
     assert [line["severity"] for line in lines] == ["WARNING", "ERROR"]
     assert lines[0]["logging.googleapis.com/labels"] == {"component": "monitor",
-                                                         "logger": "monitor.test"}
+                                                         "python_logger": "monitor.test"}
+    assert lines[0]["logging.googleapis.com/sourceLocation"]["function"] == (
+        "test_json_logs_are_what_cloud_logging_parses_and_carry_no_secret")
     text = stream.getvalue()
     assert "xoxb-secret-123" not in text and "hunter2" not in text
     assert "Traceback" in lines[1]["message"] and "ValueError" in lines[1]["message"]
