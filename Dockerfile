@@ -45,7 +45,8 @@ COPY config.yaml /app/config.yaml
 # State: the default `sqlite:///.monitor/state.db` is relative to /app, so /app belongs to the
 # user. SQLite is right for one instance on a long-lived host. On Cloud Run the file system is
 # memory and is gone when the instance stops: there MONITOR_STATE_URL must point at PostgreSQL
-# (Cloud SQL), a store planned for a later version; until then a restart forgets the state.
+# (Cloud SQL, `postgresql://...`; monitor/store/postgres.py), which several instances can share
+# under leases (docs/cloud-run.md).
 RUN chown monitor:monitor /app
 
 # PORT: Cloud Run sets it (8080 unless told otherwise); the default serves `docker run` too.

@@ -1,5 +1,5 @@
 """Property tests: render turns any transition into messages within Slack's limits, and log text
-never becomes Slack markup (monitor.notify.render.render, monitor/notify/safe.py's rules).
+never becomes Slack markup (monitor.notify.render.render, monitor/safe.py's rules).
 
 Untrusted (from the logs): the sample, service, signal, revision and migration names, migration
 codes and messages, locations, the resolution note and the change sentences. The only markup a

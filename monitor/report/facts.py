@@ -8,8 +8,8 @@ Rules:
 - The clock is the last check (`last_cycle.checked_at`), not the wall clock: the store knows
   nothing after it, and a replayed incident's write-up says the same thing whenever it is made.
 - Values stay raw (untrusted log text included); each renderer escapes for its own format.
-- Every claim a reader may doubt gets a `Verification` (`verify.py`) that reproduces it with
-  `gcloud logging read`; the checklist quotes those claims and nothing else.
+- Every claim a reader may doubt gets a `Verification` (`evidence/verify.py`) that reproduces
+  it with `gcloud logging read`; the checklist quotes those claims and nothing else.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""The write-up as Markdown (for a document or a pull request) and as a Slack summary.
+"""The write-up as Markdown, for a document or a pull request.
 
 Rules:
 - Log text is untrusted: every value is cleaned of control characters and secrets
-  (`notify.safe.clean`, `scrub`), then put where it cannot form markup: in a code span or fenced
+  (`safe.clean`, `redact.scrub`), then put where it cannot form markup: in a code span or fenced
   block whose fence is longer than any backtick run inside it, or with Markdown's punctuation and
   `& < >` escaped. A pasted write-up never renders a link, an image or HTML from a log line.
-- The Slack summary (`summary_and_checklist`) is mrkdwn built with `notify.safe.safe_text`, as
-  every message is, and fits one section (3,000 characters).
+- The Slack summary of the same write-up, posted with a resolution, is `evidence/summary.py`.
 """
 
 from __future__ import annotations
