@@ -75,8 +75,8 @@ def _buckets_cprofile(stats: Any) -> dict[str, float]:
 
 
 def _window(args: dict[str, Any]) -> Any:
-    from monitor.check import plan_window
     from monitor.times import parse_time
+    from monitor.window import plan_window
 
     now = parse_time(args["now"])
     return plan_window(None, now, since=timedelta(seconds=args["since"]), default_lookback=None,

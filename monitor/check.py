@@ -32,10 +32,16 @@ from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
 from monitor.output import CycleResult
 from monitor.sources import replay
-from monitor.sources.base import ReadStats, Source, SourceError
+from monitor.sources.base import Source, SourceError
 from monitor.store.base import RETENTION, CycleRecord, Lease, Store
 from monitor.times import format_time
-from monitor.window import Checkpoint, Window
+from monitor.window import (
+    ReadStats,
+    Window,
+    complete_until,
+    next_checkpoint,
+    plan_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,59 +64,6 @@ def _render(config: Config, transition: Transition, project: str | None) -> list
                   channel=(routed.channel if routed else None) or config.slack.channel,
                   mention=(routed.mention if routed else None) or config.slack.mention,
                   pattern=signal.match.pattern if signal is not None else None)
-
-
-# A live read starts this much before the checkpoint in ingestion time: an entry received just
-# before the previous read's end may not have been listable yet. Deduplication absorbs the overlap.
-RECEIVE_OVERLAP = timedelta(minutes=1)
-
-
-def plan_window(
-    checkpoint: Checkpoint | None,
-    now: datetime,
-    *,
-    since: timedelta | None,
-    default_lookback: timedelta | None,
-    max_lateness: timedelta,
-) -> Window:
-    """What this cycle reads, from where the last one stopped.
-
-    By ingestion time (`receiveTimestamp`) from the checkpoint, so an entry that arrives late is
-    read in the cycle that follows its arrival; by event time no further back than
-    `max_lateness`. `--since` reaches further back only for a store with no checkpoint yet:
-    entries older than the dedupe memory would otherwise be counted twice. A read cut short by
-    the budget is finished, in order, before the window moves on.
-    """
-    if checkpoint is None:
-        if since is not None:
-            start: datetime | None = now - since
-        else:
-            start = now - default_lookback if default_lookback is not None else None
-        return Window(start=start, end=now, received_before=now)
-    floor = checkpoint.until - max_lateness
-    received_after = checkpoint.until - RECEIVE_OVERLAP
-    if checkpoint.cursor is not None and checkpoint.window_end is not None:
-        return Window(start=max(checkpoint.cursor, floor), end=checkpoint.window_end,
-                      received_after=received_after, received_before=checkpoint.window_end)
-    start = floor if since is None else max(now - since, floor)
-    return Window(start=start, end=now, received_after=received_after, received_before=now)
-
-
-def next_checkpoint(window: Window, stats: ReadStats, now: datetime,
-                    previous: Checkpoint | None) -> Checkpoint:
-    until = window.received_before or now
-    if stats.cut_at is None:
-        return Checkpoint(until=until)
-    base = previous.until if previous is not None else (window.start or stats.cut_at)
-    return Checkpoint(until=base, cursor=stats.cut_at, window_end=until)
-
-
-def complete_until(source: Source, window: Window, stats: ReadStats, now: datetime,
-                   max_lateness: timedelta) -> datetime:
-    """No entry stamped before this can still arrive: quiet periods must end before it."""
-    end = window.end or now
-    complete = end - max_lateness if source.live else end
-    return min(complete, stats.cut_at) if stats.cut_at is not None else complete
 
 
 class Cancelled(Exception):

@@ -43,9 +43,9 @@ from datetime import UTC, datetime, timedelta
 
 from monitor.check import Cancelled
 from monitor.entries import LogEntry
-from monitor.sources.base import ReadStats, Source
+from monitor.sources.base import Source
 from monitor.store.base import Lease, LeaseEnding, LeaseLost, Store
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 log = logging.getLogger(__name__)
 

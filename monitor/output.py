@@ -20,9 +20,8 @@ from monitor.correlate.model import (
 from monitor.correlate.state import State
 from monitor.messages import Message
 from monitor.notify.outbox import Delivery
-from monitor.sources.base import ReadStats
 from monitor.times import format_time, second
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 
 @dataclass

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 
 from monitor.entries import EntryKind, LogEntry
-from monitor.sources.base import ReadStats
 from monitor.sources.file import FileSource
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPORT = EXAMPLES / "spector-incident.json"

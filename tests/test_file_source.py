@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from monitor.entries import EntryKind, LogEntry
-from monitor.sources.base import ReadStats, Source, SourceError
+from monitor.sources.base import Source, SourceError
 from monitor.sources.file import FileSource
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 T0 = datetime(2025, 12, 4, 21, 0, tzinfo=UTC)
 LOG = "projects/spector-prod/logs/run.googleapis.com%2Fstdout"

@@ -15,10 +15,9 @@ from monitor.check import Cancelled
 from monitor.correlate.state import State
 from monitor.instance import gone_locally, instance_id
 from monitor.leadership import Change, Leadership, Plan, plan
-from monitor.sources.base import ReadStats
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 from tests.test_store import claim_when_expired, wait_until
 
 UNITS = ["u1", "u2", "u3"]

@@ -17,9 +17,9 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from monitor.entries import LogEntry, MalformedEntry, from_json
-from monitor.sources.base import ReadStats, SourceError
+from monitor.sources.base import SourceError
 from monitor.sources.file import FileSource
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 T0 = datetime(2025, 12, 4, 21, 3, tzinfo=UTC)
 

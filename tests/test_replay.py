@@ -37,12 +37,11 @@ from monitor.entries import EntryKind, LogEntry
 from monitor.leadership import Leadership
 from monitor.notify.console import ConsoleNotifier
 from monitor.sources import replay
-from monitor.sources.base import ReadStats
 from monitor.sources.file import FileSource
 from monitor.sources.replay import event_order, replay_pages
 from monitor.store import open_store
 from monitor.store.base import LeaseLost
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 from tests.helpers import line
 from tests.test_store import claim_when_expired
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from monitor.check import RECEIVE_OVERLAP, complete_until, next_checkpoint, plan_window
-from monitor.sources.base import ReadStats
-from monitor.window import Checkpoint, Window
+from monitor.window import (
+    RECEIVE_OVERLAP,
+    Checkpoint,
+    ReadStats,
+    Window,
+    complete_until,
+    next_checkpoint,
+    plan_window,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 LATE = timedelta(minutes=10)

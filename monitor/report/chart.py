@@ -30,8 +30,8 @@ from monitor.correlate.model import IncidentKind
 from monitor.entries import EntryKind, LogEntry
 from monitor.evidence.claims import IncidentReport
 from monitor.regex import compile_regex
-from monitor.sources.base import ReadStats, SourceError
-from monitor.window import Window
+from monitor.sources.base import SourceError
+from monitor.window import ReadStats, Window
 
 # Before the import, which warns while importing (a config directory it cannot write, the font
 # cache): matplotlib's own state is not the user's business, only an error is.

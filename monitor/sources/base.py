@@ -1,4 +1,4 @@
-"""What every source shares: the `Source` protocol, its read statistics and its one error type.
+"""What every source shares: the `Source` protocol and its one error type.
 
 Why a protocol and not a base class: the file replay and the Cloud Logging poller share no code,
 only a contract. `check.py` depends on this contract alone, so a scenario replayed from a file and
@@ -19,26 +19,14 @@ Contract of `read`:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 from monitor.entries import LogEntry
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 
 class SourceError(Exception):
     """The source cannot deliver (the rest of) its entries; the message says which and where."""
-
-
-@dataclass
-class ReadStats:
-    """Counters one check cycle reports in `stats` (see the CLI contract in DESIGN.md)."""
-
-    entries_read: int = 0  # well-formed entries read, inside or outside the time window
-    entries_skipped: int = 0  # malformed entries counted and skipped
-    api_requests: int = 0  # Cloud Logging API calls made; always 0 for files
-    cut_at: datetime | None = None  # the budget ran out after entries stamped up to here
 
 
 class Source(Protocol):

@@ -45,10 +45,10 @@ from monitor.entries import (
     origin,
 )
 from monitor.queries import read_filter
-from monitor.sources.base import ReadStats, SourceError
+from monitor.sources.base import SourceError
 from monitor.sources.budget import RateLimiter, backoff
 from monitor.times import checked_time
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from monitor.entries import LogEntry, MalformedEntry, from_json
-from monitor.sources.base import ReadStats, SourceError
+from monitor.sources.base import SourceError
 from monitor.text import first_bad_utf8
 from monitor.times import BadTime, parse_time
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 
 log = logging.getLogger(__name__)
 

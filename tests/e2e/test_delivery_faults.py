@@ -68,11 +68,10 @@ from monitor.entries import LogEntry, from_json
 from monitor.messages import Action, Message
 from monitor.notify.outbox import Delivery, drain
 from monitor.notify.slack import SlackNotifier
-from monitor.sources.base import ReadStats
 from monitor.sources.file import FileSource
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Store
-from monitor.window import Window
+from monitor.window import ReadStats, Window
 from tests.helpers import T0, export_entry, small_incident
 from tests.slack_server import Call, SlackServer
 
