@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import TextIO
 
-from monitor.redact import scrub
+from monitor.redact import hide
 
 LABELS = {"component": "monitor"}
 
@@ -26,12 +26,10 @@ class SecretFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self.secrets = list(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return scrub(text)
+        return hide(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, Mapping):  # a structured payload: its text, kept a mapping

@@ -2,13 +2,15 @@
 
 Why one module: a secret reaches output by many roads (a database URL in an error, a token in a
 log line, a password in a traceback), and each road used to have its own mask. Now every output
-goes through `scrub` (anything shaped like a secret) or `mask_url` (a database URL's password,
-in every form libpq takes); `logs.SecretFilter` adds the known secret values themselves.
+goes through `scrub` (anything shaped like a secret), `mask_url` (a database URL's password, in
+every form libpq takes) or `hide` (the known secret values themselves: the Slack token, a
+webhook's URL, the store's password, then `scrub`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.I)
 # libpq takes a password as a URL parameter (`?password=`) or a conninfo pair (`password=...`).
@@ -29,6 +31,14 @@ def mask_url(url: str) -> str:
     `...?password=hunter2` or `password=hunter2` -> `password=***`."""
     url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
     return _PARAM_PASSWORD.sub(r"\1***", url)
+
+
+def hide(text: str, secrets: Iterable[str]) -> str:
+    """`text` without the given secret values (longest first, so a secret that contains another
+    is hidden whole; values under 4 characters are too common to replace), then `scrub`bed."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return scrub(text)
 
 
 def scrub(text: str) -> str:
