@@ -21,9 +21,9 @@ from monitor.classify.prisma import PrismaParser
 from monitor.classify.requests import AssetRule
 from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
-from monitor.correlate.health import source_health
 from monitor.correlate.incidents import Fold
 from monitor.correlate.model import IncidentKind, Transition
+from monitor.correlate.source_incident import source_health
 from monitor.correlate.state import State
 from monitor.entries import LogEntry
 from monitor.messages import Message

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from monitor.correlate.health import SOURCE_SIGNAL, source_health
 from monitor.correlate.model import IncidentKind, IncidentStatus, TransitionKind
+from monitor.correlate.source_incident import SOURCE_SIGNAL, source_health
 from monitor.correlate.state import State
 from monitor.notify.render import render
 

@@ -17,15 +17,9 @@ from monitor.classify.observations import (
     RevisionSeen,
 )
 from monitor.config import parse_config
-from monitor.correlate.incidents import (
-    MIGRATION_SIGNAL,
-    MOVES,
-    Event,
-    InvalidMove,
-    Outcome,
-    advance,
-    move,
-)
+from monitor.correlate.decide import MOVES, Event, InvalidMove
+from monitor.correlate.effects import move
+from monitor.correlate.incidents import MIGRATION_SIGNAL, Outcome, advance
 from monitor.correlate.model import IncidentKind, IncidentStatus, TransitionKind
 from monitor.correlate.state import Rules, SignalRule, State
 
@@ -290,7 +284,7 @@ def test_advance_does_not_mutate_its_input_state():
 
 
 def test_every_status_has_an_entry_and_unknown_moves_raise():
-    assert set(MOVES) == set(IncidentStatus)
+    assert set(MOVES) == {None, *IncidentStatus}  # None: no incident yet (an opening)
     incident = the_incident(run(fixed_story(), now=40))
     with pytest.raises(InvalidMove, match=r"resolved.*match"):
         move(incident, Event.MATCH)

@@ -26,6 +26,7 @@ from monitor.instance import instance_id
 from monitor.messages import Action, Message, Thread
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
+from monitor.store.plan import canonical
 from monitor.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from monitor.store.sqlite import MIGRATIONS, SQLiteStore
 from monitor.window import Checkpoint
@@ -387,6 +388,24 @@ def test_sqlite_rewrites_only_the_documents_that_changed(tmp_path):
     store.close()
 
 
+def test_sqlite_rewrites_a_row_of_an_older_form_once(tmp_path):
+    """A row written before the commit plan (not its canonical JSON) is rewritten canonical by
+    the next commit, then left alone: what a row holds is known from its text."""
+    store = SQLiteStore(f"sqlite:///{tmp_path}/o.db")
+    store.commit_cycle(state(), record())
+    store._db.execute("UPDATE incidents SET data = ?", (json.dumps(incident().to_state()),))
+    loaded = store.load_state()
+    before = store._db.total_changes
+    store.commit_cycle(loaded, record())
+    first = store._db.total_changes - before
+    before = store._db.total_changes
+    store.commit_cycle(store.load_state(), record())
+    assert store._db.total_changes - before == first - 1  # the incident, once
+    (text,) = store._db.execute("SELECT data FROM incidents").fetchone()
+    assert json.loads(text) == incident().to_state() and text == canonical(json.loads(text))
+    store.close()
+
+
 def test_a_rolled_back_write_is_written_again(tmp_path):
     store = SQLiteStore(f"sqlite:///{tmp_path}/r.db")
     s = state()
@@ -648,8 +667,7 @@ def test_each_unit_loads_its_own_state_and_status_loads_them_all(store):
 
 
 def test_pruning_and_retention_of_one_unit_spare_the_other_units(store, monkeypatch):
-    monkeypatch.setattr("monitor.store.sqlite.RETENTION", timedelta(0))  # sent = old enough
-    monkeypatch.setattr("monitor.store.postgres.RETENTION", timedelta(0))
+    monkeypatch.setattr("monitor.store.plan.RETENTION", timedelta(0))  # sent = old enough
     for unit in ("prod", "staging"):
         s = unit_state(unit, 1)
         old = incident(IncidentStatus.RESOLVED)

@@ -235,11 +235,11 @@ def test_a_lost_commit_whose_session_lives_on_is_ended_then_run_again_once(
     store = PostgresStore(proxied, backoff=0.01)
     store.commit_cycle(state(), cycle(1, [msg(0)]))
     queued = store.queued()[0]
-    old = store._session
+    old = store._pg.backend
     proxy.drop_on(b"COMMIT", hold=True)
     store.mark_attempt(queued)
     assert proxy.held == 1
-    assert old is not None and store._session != old
+    assert old is not None and store._pg.backend != old
     assert direct(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                   (old[0],)) == [(0,)]
     assert store.queued()[0].attempts == 1
@@ -383,7 +383,7 @@ def test_monitor_once_in_steps_through_lost_connections(pg_url, proxy, proxied, 
     connection in the middle of its deliveries. Same conclusions, each Slack message once."""
     from tests.test_scenario_spector import config_for, once_json
 
-    monkeypatch.setattr("monitor.store.postgres.BACKOFF", 0.01)
+    monkeypatch.setattr("monitor.store.pg_session.BACKOFF", 0.01)
     proxy.deliver_grace = 0.05
     config = config_for(tmp_path, slack_server)
     config.write_text(config.read_text().replace(f"sqlite:///{tmp_path}/state.db", proxied))
@@ -431,7 +431,7 @@ def test_an_unreachable_server_is_reported_without_the_password(no_secret_logged
     assert "monitor:***@127.0.0.1" in message
     assert "Connection refused" in message or "connection" in message.lower()
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
-    monkeypatch.setattr("monitor.store.postgres.MAX_BACKOFF", 0.01)
+    monkeypatch.setattr("monitor.store.pg_session.MAX_BACKOFF", 0.01)
     with pytest.raises(OSError):  # what `monitor once/run/status` catch around open_store
         open_store(url.replace("postgresql://", "postgres://"))
 
@@ -610,7 +610,7 @@ def test_a_write_waiting_on_a_change_of_holder_is_refused_once_it_committed(pg_u
 
 
 def test_migration_2_gives_the_rows_of_a_single_unit_to_it(pg_url, monkeypatch):
-    monkeypatch.setattr("monitor.store.postgres.MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr("monitor.store.pg_schema.MIGRATIONS", MIGRATIONS[:1])
     PostgresStore(pg_url).close()
     i, facts = incident(), state().revisions[("spector", "spector-00042-wex")]
     with psycopg.connect(pg_url) as conn:

@@ -1,24 +1,24 @@
-"""The incident state machine: observations in, incidents and transitions out.
+"""The incident fold: observations in, incidents and transitions out.
 
 Rules:
-- Everything that decides an incident's status lives in this file; `revisions.py` only keeps
-  facts about revisions.
+- It folds observations into the incidents' facts (counts, routes, instances, evidence) and
+  asks `decide.py` wherever a rule applies: it decides neither an incident's status nor
+  whether to say something, and applies each decision through `effects.apply` (the table's
+  move and the one emitter). `revisions.py` only keeps facts about revisions.
 - It never reads the clock, the store or the network. Time is event time: each observation's
   timestamp, and `now` / `complete_until` passed in by the caller once per cycle.
 - Timers (resolution, throttled updates) are checked before each observation in time order and
   once more at `now`. A replay of a whole export therefore emits the same transitions, at the
   same event times, as a live monitor that polled the same entries as they were written.
-- A move the status table does not list is a bug, and raises `InvalidMove` naming it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 
 from monitor.classify.observations import (
     DeployEvent,
@@ -30,9 +30,10 @@ from monitor.classify.observations import (
     Observation,
     RequestServed,
 )
+from monitor.correlate import decide, effects
 from monitor.correlate import revisions as rev
+from monitor.correlate.decide import Decision, Event
 from monitor.correlate.model import (
-    HOLD_WORDS,
     MAX_INSTANCES,
     MAX_ROUTES,
     Evidence,
@@ -40,50 +41,13 @@ from monitor.correlate.model import (
     IncidentKind,
     IncidentStatus,
     MigrationFailure,
-    Reason,
     RevisionFacts,
     Transition,
-    TransitionKind,
 )
 from monitor.correlate.state import Rules, State
-from monitor.times import format_duration, minute
 
 MIGRATION_SIGNAL = "migration-failed"
-# Cloud Run logs a revision's Ready event a little after it starts taking traffic; the old
-# revision's last in-flight errors can land just before it. A fix may be this late.
-READY_GRACE = timedelta(minutes=1)
 FORMAT_ID = "%Y%m%dT%H%M%SZ"
-
-
-class Event(StrEnum):
-    MATCH = "match"  # another matching entry / failed migration run
-    NOTE = "note"  # an update, or "quiet but no traffic": status unchanged
-    EVIDENCE = "evidence"  # quiet period with proof of health, or a successful migrate run
-
-
-# h11-style: status -> event -> next status. A match on a resolved incident is not a move of
-# that incident: it opens a new one (a regression), so RESOLVED accepts nothing.
-MOVES: dict[IncidentStatus, dict[Event, IncidentStatus]] = {
-    IncidentStatus.OPEN: {
-        Event.MATCH: IncidentStatus.OPEN,
-        Event.NOTE: IncidentStatus.OPEN,
-        Event.EVIDENCE: IncidentStatus.RESOLVED,
-    },
-    IncidentStatus.RESOLVED: {},
-}
-
-
-class InvalidMove(RuntimeError):
-    pass
-
-
-def move(incident: Incident, event: Event) -> None:
-    try:
-        incident.status = MOVES[incident.status][event]
-    except KeyError:
-        raise InvalidMove(
-            f"incident {incident.id}: no move from {incident.status.value!r} on {event.value!r}"
-        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,34 +110,32 @@ def _copy_for_cycle(state: State) -> State:
 
 
 class _Machine:
+    """The cycle's copy of the state, the observations folded into it, the transitions so far."""
+
     def __init__(self, state: State, rules: Rules) -> None:
         self.state = state
         self.rules = rules
         self.transitions: list[Transition] = []
         self.owned: set[rev.RevisionKey] = set()  # revision facts this cycle has copied
 
-    # --- emitting ------------------------------------------------------------------------
+    # --- applying decisions ----------------------------------------------------------------
 
-    def emit(self, kind: TransitionKind, incident: Incident, at: datetime, reason: str,
-             changes: Iterable[str] = ()) -> None:
-        incident.seq += 1
-        if kind is not TransitionKind.QUIET_NO_TRAFFIC:
-            incident.notified_at = at
-            incident.notified_count = incident.count
-            incident.changes = []
-        self.transitions.append(
-            Transition(
-                kind=kind,
-                incident=copy.deepcopy(incident),
-                seq=incident.seq,
-                at=at,
-                reason=reason,
-                changes=tuple(changes),
-                revision_facts=tuple(
-                    copy.deepcopy(f) for f in self.state.service_revisions(incident.service)
-                ),
-            )
-        )
+    def apply(self, incident: Incident, decision: Decision, at: datetime, *,
+              opening: bool = False) -> None:
+        facts = self.facts(incident.service) if decision.event is not None else ()
+        transition = effects.apply(incident, decision, at, opening=opening, facts=facts)
+        if transition is not None:
+            self.transitions.append(transition)
+
+    def open(self, incident: Incident, decision: Decision, at: datetime) -> None:
+        """Announce a new incident: a regression when it follows a resolved one."""
+        if incident.regression_of is not None:
+            decision = decide.regressed(decision, incident.regression_of)
+        self.apply(incident, decision, at, opening=True)
+
+    def facts(self, service: str) -> Iterator[RevisionFacts]:
+        """The service's revision facts, read only when a decision or a transition needs them."""
+        return (f for (s, _), f in self.state.revisions.items() if s == service)
 
     def note(self, service: str, change: str, *, kind: IncidentKind | None = None) -> None:
         for incident in self.state.incidents.values():
@@ -209,7 +171,7 @@ class _Machine:
             return
         incident = self.state.open_incident(hit.service, hit.signal)
         if incident is not None:
-            move(incident, Event.MATCH)
+            effects.move(incident, Event.MATCH)
             self.count_match(incident, hit.at, hit.revision, hit.instance_id)
             return
         key = (hit.service, hit.signal)
@@ -219,7 +181,8 @@ class _Machine:
                          (hit.at, hit.revision, hit.sample, hit.instance_id)],
                         key=lambda p: p[0])
         window = [p for p in window if p[0] > window[-1][0] - rule.window]
-        if len(window) < rule.open_after:
+        decision = decide.threshold(window, rule, hit.signal)
+        if decision.event is None:
             self.state.pending[key] = window
             return
         self.state.pending.pop(key, None)
@@ -239,8 +202,7 @@ class _Machine:
         incident.failed_routes = self.routes_failed_since(hit.service, first_at - rule.window)
         incident.introduced_by = introduced_by
         incident.suspect_migrations = self.suspects(hit.service, introduced_by, first_at)
-        self.announce(incident, hit.at, f"{len(window)} match(es) of {hit.signal} within "
-                      f"{format_duration(rule.window)} (open_after={rule.open_after})")
+        self.open(incident, decision, hit.at)
 
     def count_match(self, incident: Incident, at: datetime, revision: str | None,
                     instance: str | None = None) -> None:
@@ -323,7 +285,7 @@ class _Machine:
                       f"{f' on {ev.name}' if ev.name else ''}", kind=IncidentKind.ERROR)
             failure = MigrationFailure(ev.name, ev.outcome.value, ev.code, ev.message)
             if incident is not None:
-                move(incident, Event.MATCH)
+                effects.move(incident, Event.MATCH)
                 if incident.migration != failure:
                     incident.changes.append(
                         f"{where}: {ev.code or 'failure'} on {ev.name or 'the database'}")
@@ -340,8 +302,7 @@ class _Machine:
             incident.introduced_by = ev.revision
             incident.suspect_migrations = [ev.name] if ev.name else []
             incident.migration = failure
-            incident.reason = Reason.MIGRATION_FAILING
-            self.announce(incident, ev.at, f"migrate deploy failed on {where}")
+            self.open(incident, decide.migration_failed(where), ev.at)
             return
         if ev.outcome is MigrationOutcome.APPLIED:
             self.note(ev.service, f"{where} applied migration {ev.name}")
@@ -380,13 +341,6 @@ class _Machine:
         self.state.incidents[ident] = incident
         return incident
 
-    def announce(self, incident: Incident, at: datetime, reason: str) -> None:
-        if incident.regression_of is not None:
-            self.emit(TransitionKind.REGRESSED, incident, at,
-                      f"{reason}; it had been resolved ({incident.regression_of})")
-        else:
-            self.emit(TransitionKind.OPENED, incident, at, reason)
-
     def cause(self, service: str, revision: str | None, first_at: datetime) -> str | None:
         """The first match's revision, unless it never served: then the last one that did."""
         facts = self.state.revisions.get((service, revision)) if revision else None
@@ -411,24 +365,6 @@ class _Machine:
         last = max(earlier, key=lambda f: f.live_since or first_at, default=None)
         return rev.migrations_run(last) if last is not None else []
 
-    def fix(self, incident: Incident, evidence_since: datetime | None) -> RevisionFacts | None:
-        """The newest clean revision, serving since the last match, that was live when the
-        quiet period began or, for an incident held open for want of evidence, when the
-        evidence began: a revision that came later did not make the errors stop."""
-        has_requests = incident.service in self.state.request_services
-        live_by = incident.last_seen + READY_GRACE
-        if evidence_since is not None:
-            live_by = max(live_by, evidence_since)
-        candidates = [
-            f for f in self.state.service_revisions(incident.service)
-            if f.errors.get(incident.signal, 0) == 0
-            and rev.may_be_fix(f, has_requests)
-            and f.live_since is not None
-            and f.live_since <= live_by
-            and f.last_seen is not None and f.last_seen >= incident.last_seen
-        ]
-        return max(candidates, key=lambda f: f.live_since or incident.last_seen, default=None)
-
     # --- timers --------------------------------------------------------------------------
 
     def tick(self, now: datetime, complete_until: datetime) -> None:
@@ -436,135 +372,15 @@ class _Machine:
             if incident.status is not IncidentStatus.OPEN:
                 continue
             if incident.kind is IncidentKind.SOURCE:
-                continue  # about the monitor, not the logs: health.py decides it
-            resolve = (self.try_resolve if incident.kind is IncidentKind.ERROR
-                       else self.try_resolve_migration)
-            if resolve(incident, now, complete_until):
-                continue
-            self.maybe_update(incident, now)
-
-    def try_resolve(self, incident: Incident, now: datetime, complete_until: datetime) -> bool:
-        rule = self.rules.signals.get(incident.signal)
-        if rule is None:
-            return False
-        quiet_end = incident.last_seen + rule.resolve_after
-        if now < quiet_end:
-            incident.reason = Reason.FAILING
-            return False
-        if complete_until < quiet_end:
-            incident.reason = Reason.DATA_INCOMPLETE
-            return False
-        has_request_logs = incident.service in self.state.request_services
-        reason, since = health_evidence(incident, has_request_logs)
-        if reason.holds:
-            incident.reason = reason
-            if incident.noted_reason != reason:
-                incident.noted_reason = reason
-                move(incident, Event.NOTE)
-                self.emit(TransitionKind.QUIET_NO_TRAFFIC, incident, now,
-                          f"no {incident.signal} since {minute(incident.last_seen)}, but "
-                          f"{HOLD_WORDS[reason]}: keeping it open")
-            return False
-        move(incident, Event.EVIDENCE)
-        incident.resolved_at = max(quiet_end, since) if since else quiet_end
-        fix = self.fix(incident, since)
-        incident.resolved_by = fix.name if fix is not None else None
-        incident.reason = (reason if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS
-                           else Reason.FIXED_BY_DEPLOY if fix is not None
-                           else Reason.NO_DEPLOY_EXPLAINS_IT)
-        evidence = f"no {incident.signal} for {format_duration(rule.resolve_after)} since " \
-                   f"{minute(incident.last_seen)}"
-        if reason is Reason.SILENCE_WITHOUT_REQUEST_LOGS:
-            evidence += " (the service writes no request logs: silence is the only evidence)"
-        else:
-            evidence += f", {evidence_words(incident)}"
-        evidence += (f"; fixed by revision {fix.name}" if fix is not None
-                     else "; no deploy explains the recovery")
-        incident.resolution_note = evidence
-        self.emit(TransitionKind.RESOLVED, incident, incident.resolved_at, evidence)
-        return True
-
-    def try_resolve_migration(self, incident: Incident, now: datetime,
-                              complete_until: datetime) -> bool:
-        """Resolved by the first successful `migrate deploy` on the service after the failure.
-
-        Checked on the tick, not on the event, so that every migration the run applied (one
-        event each, same time) is folded before the confirmation quotes them.
-        """
-        runs = [
-            (m.at, facts) for facts in self.state.service_revisions(incident.service)
-            for m in facts.migrations
-            if MigrationOutcome(m.outcome).run_succeeded and incident.last_seen < m.at <= now
-        ]
-        if not runs:
-            return False
-        at, fix = min(runs, key=lambda run: run[0])
-        move(incident, Event.EVIDENCE)
-        incident.resolved_at = at
-        incident.resolved_by = fix.name
-        incident.reason = Reason.MIGRATION_SUCCEEDED
-        applied = [m.name for m in fix.migrations
-                   if m.outcome == MigrationOutcome.APPLIED and m.name and m.at == at]
-        incident.resolution_note = f"migrate deploy succeeded on {fix.name}" + (
-            f", applying {', '.join(applied)}" if applied else "")
-        self.emit(TransitionKind.RESOLVED, incident, at, incident.resolution_note)
-        return True
-
-    def maybe_update(self, incident: Incident, now: datetime) -> None:
-        changes = list(dict.fromkeys(incident.changes))
-        if incident.count >= 2 * max(incident.notified_count, 1):
-            what = "failed runs" if incident.kind is IncidentKind.MIGRATION else "matches"
-            changes.append(f"{incident.count} {what} now (was {incident.notified_count})")
-        if not changes:
-            return
-        last = incident.notified_at
-        if last is not None and now - last < self.rules.update_every:
-            return
-        move(incident, Event.NOTE)
-        self.emit(TransitionKind.UPDATED, incident, now, "; ".join(changes), changes)
-
-
-def health_evidence(incident: Incident, has_request_logs: bool) -> tuple[Reason, datetime | None]:
-    """Whether the successes since the last match show the failing work works again.
-
-    Successes count on the routes that failed (any app route when no request log failed), and
-    then: on a revision that took the traffic without failing, or from the instances that
-    failed; from other instances of the failing revision only once every failing instance shut
-    down. Returns the hold that keeps it open, or the evidence and when it began.
-    """
-    if not has_request_logs:
-        return Reason.SILENCE_WITHOUT_REQUEST_LOGS, None
-    ev = incident.evidence
-    counted = [Evidence.NEW_REVISION, Evidence.FAILING_INSTANCE]
-    if all(incident.instances.values()):  # every failing instance is gone (or none is known)
-        counted.append(Evidence.OTHER_INSTANCE)
-    found = [incident.evidence_since[k] for k in counted if ev.get(k)]
-    if found:
-        return Reason.FIXED_BY_DEPLOY, min(found)  # the caller tells fix from no deploy
-    for kind, hold in ((Evidence.OTHER_INSTANCE, Reason.OTHER_INSTANCES_ONLY),
-                       (Evidence.OTHER_ROUTE, Reason.OTHER_ROUTES_ONLY),
-                       (Evidence.ASSET, Reason.ONLY_STATIC_ASSETS)):
-        if ev.get(kind):
-            return hold, None
-    return Reason.NO_TRAFFIC, None
-
-
-def evidence_words(incident: Incident) -> str:
-    """`12 successful request(s) on the routes that failed (/app), 9 of them on a new revision`."""
-    ev = incident.evidence
-    n = sum(ev.get(k, 0) for k in (Evidence.NEW_REVISION, Evidence.FAILING_INSTANCE,
-                                   Evidence.OTHER_INSTANCE))
-    where = (f"on the routes that failed ({', '.join(incident.failed_routes[:3])}"
-             f"{', ...' if len(incident.failed_routes) > 3 else ''})"
-             if incident.failed_routes else "on app routes")
-    parts = [f"{n} successful request(s) {where} served since"]
-    if ev.get(Evidence.NEW_REVISION):
-        parts.append(f"{ev[Evidence.NEW_REVISION]} by a revision that did not fail")
-    if ev.get(Evidence.FAILING_INSTANCE):
-        parts.append(f"{ev[Evidence.FAILING_INSTANCE]} by the instances that failed")
-    stopped = sum(incident.instances.values())
-    if stopped and all(incident.instances.values()):
-        parts.append(f"the {stopped} failing instance(s) shut down")
-    if ev.get(Evidence.ASSET):
-        parts.append(f"{ev[Evidence.ASSET]} static asset(s) not counted")
-    return ", ".join(parts)
+                continue  # about the monitor, not the logs: source_incident.py decides it
+            if incident.kind is IncidentKind.ERROR:
+                decision = decide.resolution(
+                    incident, self.rules, now=now, complete_until=complete_until,
+                    has_request_logs=incident.service in self.state.request_services,
+                    revisions=self.facts(incident.service))
+            else:
+                decision = decide.migration_resolution(incident, now=now,
+                                                       revisions=self.facts(incident.service))
+            self.apply(incident, decision, now)
+            if incident.status is IncidentStatus.OPEN:
+                self.apply(incident, decide.update(incident, self.rules, now=now), now)

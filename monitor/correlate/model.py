@@ -142,10 +142,12 @@ class IncidentKind(StrEnum):
 
 
 class Reason(StrEnum):
-    """Why an incident is open, kept open or resolved: every decision names one.
+    """Why: every decision (`correlate.decide`) names one.
 
-    Shown in Slack (in words, `notify.render`), in `once --format json` as `resolution_reason`
-    and in the write-up.
+    Most are about the incident's status (open, kept open or resolved): the incident keeps the
+    latest (`Incident.reason`), shown in Slack (in words, `notify.render`), in
+    `once --format json` as `resolution_reason` and in the write-up. The last group is about
+    whether to say something now; those leave the incident's reason as it was (`kept`).
     """
 
     # open
@@ -165,15 +167,30 @@ class Reason(StrEnum):
     # request logs (a worker), so quiet is all there can be
     MIGRATION_SUCCEEDED = "migration_succeeded"  # a later `migrate deploy` run succeeded
     READING_WORKS_AGAIN = "reading_works_again"  # the monitor reads the logs again
+    # whether to speak (not kept)
+    BELOW_THRESHOLD = "below_threshold"  # fewer than `open_after` matches within `window`
+    # (or failed reads): no incident yet
+    SIGNAL_UNCONFIGURED = "signal_unconfigured"  # its signal left the config: nothing resolves
+    # it, it stays as it is
+    NEWS = "news"  # the count doubled, another revision failed or a deploy happened: an update
+    UPDATE_THROTTLED = "update_throttled"  # news, but the last message is under `update_every` old
+    NO_NEWS = "no_news"  # nothing to add since the last message
 
     @property
     def holds(self) -> bool:
         """A reason to keep an incident open although its quiet period has run."""
         return self in _HOLDS
 
+    @property
+    def kept(self) -> bool:
+        """The incident keeps it as its `reason`: it is about the incident's status."""
+        return self not in _SPEAKING
+
 
 _HOLDS = frozenset({Reason.NO_TRAFFIC, Reason.ONLY_STATIC_ASSETS, Reason.OTHER_ROUTES_ONLY,
                     Reason.OTHER_INSTANCES_ONLY})
+_SPEAKING = frozenset({Reason.BELOW_THRESHOLD, Reason.SIGNAL_UNCONFIGURED, Reason.NEWS,
+                       Reason.UPDATE_THROTTLED, Reason.NO_NEWS})
 
 
 # What a hold lacks, in the words of the thread's one line ("... but <words>: keeping it open").
@@ -228,7 +245,7 @@ class Incident:
     regression_of: str | None = None
     migration: MigrationFailure | None = None
     sample: str = ""  # one matching line (untrusted text)
-    reason: str = Reason.FAILING.value  # the latest decision about it (a Reason value)
+    reason: str = Reason.FAILING.value  # the latest decision on its status (a kept Reason)
     # Evidence of health in the quiet period: successful app requests since the last match.
     ok_requests_since_last: int = 0
     first_ok_since_last: datetime | None = None

@@ -6,7 +6,9 @@ Rules:
   returned at once as a DeliveryError.
 - Every failure goes through `classify_failure`, one pure function: retryable (429 with its
   Retry-After, 5xx, Slack's transient errors, network errors and timeouts) or permanent (auth,
-  channel, scope, payload problems), with a message that says what to do.
+  channel, scope, payload problems), with a message that says what to do. What it shares with
+  the webhook (statuses, Retry-After, network failures, their wording) is in `notify/http.py`;
+  Slack's error codes and their hints are this module's own.
 - The token never appears in an error: messages are built from Slack's error code, never from
   the request, and are scrubbed again before they leave this module.
 - Posts carry message metadata (the outbox key), so a message whose response was lost can be found
@@ -15,18 +17,25 @@ Rules:
 
 from __future__ import annotations
 
-import http.client
 import re
 from typing import Any
-from urllib.error import URLError
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
+from slack_sdk.errors import SlackApiError
 
 from monitor.messages import Action, Message, Thread
+from monitor.notify.http import (
+    FAILURES,
+    Status,
+    error_code,
+    rate_limited,
+    status_of,
+    transport_failure,
+    trouble,
+    unexpected,
+)
 from monitor.notify.message import DeliveryError
 from monitor.notify.render import context, link
-from monitor.redact import scrub
 from monitor.safe import MAX_BLOCKS, safe_text
 
 METADATA_EVENT = "monitor_message"  # event_type of the metadata on every post
@@ -50,25 +59,7 @@ _HINTS = {
     "message_not_found": "the incident's thread root no longer exists in {channel}",
     "cant_update_message": "the root message was not posted by this bot and cannot be edited",
 }
-_CODE = re.compile(r"^[a-z0-9_]{1,64}$")  # what a Slack error code looks like
 _SCOPE = re.compile(r"^[a-z0-9:._,-]{1,200}$")
-
-
-def _header(headers: Any, name: str) -> str | None:
-    if not isinstance(headers, dict):
-        return None
-    for key, value in headers.items():
-        if str(key).lower() == name.lower():
-            return str(value[0] if isinstance(value, list | tuple) and value else value)
-    return None
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = _header(headers, "Retry-After")
-    try:
-        return max(float(value), 0.0) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _request_channel(response: Any) -> str:
@@ -85,19 +76,16 @@ def _api_failure(exc: SlackApiError) -> DeliveryError:
     response = exc.response
     status = int(getattr(response, "status_code", 0) or 0)
     data = getattr(response, "data", None)
-    error = data.get("error") if isinstance(data, dict) else None
-    error = error if isinstance(error, str) and _CODE.match(error) else None
+    error = error_code(data.get("error") if isinstance(data, dict) else None)
     url = str(getattr(response, "api_url", "") or "")
     method = url.split("?", 1)[0].rsplit("/", 1)[-1] or "API call"
     where = f"Slack {method}"
-    if status == 429 or error == "ratelimited":
-        after = _retry_after(getattr(response, "headers", None))
-        wait = f": retry after {after:g}s" if after is not None else ""
-        return DeliveryError(f"{where}: rate limited{wait}", retryable=True, retry_after=after)
-    if status >= 500 or error in _RETRYABLE_ERRORS:
-        what = error or f"HTTP {status}"
-        return DeliveryError(f"{where}: Slack is having trouble ({what}); will retry",
-                             retryable=True)
+    verdict = status_of(status)
+    if verdict is Status.RATE_LIMITED or error == "ratelimited":
+        return rate_limited(where, getattr(response, "headers", None))
+    # Trouble is 5xx or one of Slack's transient codes; a bare 408 falls through to `unexpected`.
+    if verdict is Status.UNAVAILABLE or error in _RETRYABLE_ERRORS:
+        return trouble(where, error or f"HTTP {status}")
     if error in _HINTS:
         needed = data.get("needed") if isinstance(data, dict) else None
         scope = needed if isinstance(needed, str) and _SCOPE.match(needed) else "chat:write"
@@ -106,34 +94,18 @@ def _api_failure(exc: SlackApiError) -> DeliveryError:
     if error is not None:
         return DeliveryError(f"{where}: {error}: see https://api.slack.com/methods/{method}",
                              retryable=False)
-    if status == 404:
+    if verdict is Status.NOT_FOUND:
         return DeliveryError(f"{where}: HTTP 404: check slack.base_url (it must end in /api/)",
                              retryable=False)
-    return DeliveryError(f"{where}: unexpected response (HTTP {status})", retryable=False)
+    return unexpected(where, status)
 
 
 def classify_failure(exc: Exception) -> DeliveryError:
-    """Map anything a Slack call raised to retryable or permanent, with what to do about it."""
-    if isinstance(exc, DeliveryError):
-        return exc
+    """Map anything a Slack call raised to retryable or permanent, with what to do about it:
+    Slack's answers here, everything else (network, timeouts) as `http.transport_failure`."""
     if isinstance(exc, SlackApiError):
         return _api_failure(exc)
-    if isinstance(exc, SlackRequestError):
-        return DeliveryError(f"Slack request could not be made: {scrub(str(exc))[:300]}",
-                             retryable=False)
-    if isinstance(exc, TimeoutError):  # also socket.timeout
-        return DeliveryError("Slack did not answer in time; will retry", retryable=True)
-    if isinstance(exc, URLError):
-        reason = scrub(str(exc.reason))[:300]
-        return DeliveryError(f"cannot reach Slack ({reason}); will retry", retryable=True)
-    if isinstance(exc, ConnectionError | http.client.HTTPException | OSError):
-        return DeliveryError(f"connection to Slack failed ({type(exc).__name__}); will retry",
-                             retryable=True)
-    return DeliveryError(f"unexpected error talking to Slack: {type(exc).__name__}: "
-                         f"{scrub(str(exc))[:300]}", retryable=False)
-
-
-_FAILURES = (SlackClientError, OSError, http.client.HTTPException)
+    return transport_failure(exc)
 
 
 class SlackNotifier:
@@ -165,7 +137,7 @@ class SlackNotifier:
         """auth.test at start-up, so a bad token fails before the first incident does."""
         try:
             response = self._client.auth_test()
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failure(exc) from exc
         user, team = response.get("user"), response.get("team")
         return safe_text(f"{user} in {team}", 200, one_line=True)
@@ -176,7 +148,7 @@ class SlackNotifier:
             response = self._client.chat_getPermalink(channel=linked.channel,
                                                       message_ts=linked.ts)
             url = response.get("permalink")
-        except _FAILURES:
+        except FAILURES:
             url = None
         # Only a plain https URL becomes a link: anything else could break out of the markup.
         if isinstance(url, str) and re.fullmatch(r"https://[^\s<>|]+", url):
@@ -211,7 +183,7 @@ class SlackNotifier:
                 self._client.chat_update(channel=root.channel, ts=root.ts, text=message.text,
                                          blocks=blocks)
             return root
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failure(exc) from exc
 
     # --- finding a message whose delivery is in doubt ---------------------------------------
@@ -235,7 +207,7 @@ class SlackNotifier:
                 channel = root.channel
                 response = self._client.conversations_replies(
                     channel=channel, ts=root.ts, include_all_metadata=True, limit=200)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failure(exc) from exc
         for found in response.get("messages") or []:
             payload = (found.get("metadata") or {}).get("event_payload") or {}

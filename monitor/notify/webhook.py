@@ -23,6 +23,8 @@ Rules, as in slack.py:
 - Failures are classified by one pure function, `classify_response`: 429 (with Retry-After), 408,
   5xx and network errors are retryable; Slack's 4xx answers (`invalid_token`, `no_service`,
   `channel_is_archived`, `action_prohibited`, ...) are permanent, with what to do about them.
+  Statuses, Retry-After and network failures are read as the Web API notifier reads them
+  (`notify/http.py`); the webhook's error codes and hints are this module's own.
 - The URL is the secret (its path is the credential). It never appears in an error or a log:
   messages are built from the HTTP status and Slack's error code only, the SDK's own logger (which
   writes the URL at debug level) is silenced, and every error text is checked for the URL again.
@@ -30,20 +32,26 @@ Rules, as in slack.py:
 
 from __future__ import annotations
 
-import http.client
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from slack_sdk.errors import SlackClientError
 from slack_sdk.webhook import WebhookClient
 
 from monitor.messages import Action, Message, Thread
+from monitor.notify.http import (
+    FAILURES,
+    Status,
+    error_code,
+    rate_limited,
+    status_of,
+    transport_failure,
+    trouble,
+    unexpected,
+)
 from monitor.notify.message import DeliveryError
 from monitor.notify.render import section
-from monitor.notify.slack import classify_failure
 from monitor.safe import MAX_SECTION, MAX_TEXT, safe_text, truncate
 
 # slack-sdk logs the URL (and bodies) at debug level and failures at error level; the monitor
@@ -52,7 +60,6 @@ _SDK_LOG = logging.getLogger("monitor.notify.webhook.sdk")
 _SDK_LOG.setLevel(logging.CRITICAL + 1)
 _SDK_LOG.propagate = False
 
-_CODE = re.compile(r"^[a-z0-9_]{1,64}$")  # what a Slack error code looks like
 _NEW_HOOK = ("create a new Incoming Webhook for the channel and set SLACK_WEBHOOK_URL "
              "(slack.webhook_url)")
 _HINTS = {
@@ -73,24 +80,6 @@ _HINTS = {
     "no_text": "the message had no text: a rendering bug, please report it",
     "user_not_found": "a user named in the message does not exist: check the mentions",
 }
-_FAILURES = (SlackClientError, OSError, http.client.HTTPException)
-
-
-def _header(headers: Mapping[str, Any] | Any, name: str) -> str | None:
-    if not hasattr(headers, "items"):
-        return None
-    for key, value in headers.items():
-        if str(key).lower() == name.lower():
-            return str(value[0] if isinstance(value, list | tuple) and value else value)
-    return None
-
-
-def _retry_after(headers: Mapping[str, Any] | Any) -> float | None:
-    value = _header(headers, "Retry-After")
-    try:
-        return max(float(value), 0.0) if value is not None else None
-    except ValueError:
-        return None
 
 
 def classify_response(status: int, body: str, headers: Mapping[str, Any] | Any) -> DeliveryError:
@@ -99,17 +88,13 @@ def classify_response(status: int, body: str, headers: Mapping[str, Any] | Any) 
     Slack answers a webhook with a status and a bare error code in the body (`no_service`).
     Only a body that looks like a code is quoted: anything else (an HTML error page) is not.
     """
-    text = (body or "").strip()
-    error = text if _CODE.match(text) else None
+    error = error_code((body or "").strip())
     where = "Slack webhook"
-    if status == 429 or error in ("rate_limited", "ratelimited"):
-        after = _retry_after(headers)
-        wait = f": retry after {after:g}s" if after is not None else ""
-        return DeliveryError(f"{where}: rate limited{wait}", retryable=True, retry_after=after)
-    if status >= 500 or status == 408:
-        what = f"HTTP {status}" + (f" {error}" if error else "")
-        return DeliveryError(f"{where}: Slack is having trouble ({what}); will retry",
-                             retryable=True)
+    verdict = status_of(status)
+    if verdict is Status.RATE_LIMITED or error in ("rate_limited", "ratelimited"):
+        return rate_limited(where, headers)
+    if verdict in (Status.UNAVAILABLE, Status.TIMED_OUT):
+        return trouble(where, f"HTTP {status}" + (f" {error}" if error else ""))
     if error in _HINTS:
         return DeliveryError(f"{where}: {error} (HTTP {status}): {_HINTS[error]}",
                              retryable=False)
@@ -117,10 +102,10 @@ def classify_response(status: int, body: str, headers: Mapping[str, Any] | Any) 
         return DeliveryError(f"{where}: {error} (HTTP {status}): see "
                              "https://api.slack.com/messaging/webhooks#handling_errors",
                              retryable=False)
-    if status == 404:
+    if verdict is Status.NOT_FOUND:
         return DeliveryError(f"{where}: HTTP 404: no webhook answers at slack.webhook_url: "
                              f"{_NEW_HOOK}", retryable=False)
-    return DeliveryError(f"{where}: unexpected response (HTTP {status})", retryable=False)
+    return unexpected(where, status)
 
 
 def reply_prefix(incident_id: str) -> str:
@@ -167,7 +152,7 @@ class WebhookNotifier:
         return text
 
     def _failure(self, exc: Exception) -> DeliveryError:
-        err = classify_failure(exc)
+        err = transport_failure(exc)
         return DeliveryError(self._hide(str(err)), retryable=err.retryable,
                              retry_after=err.retry_after)
 
@@ -183,14 +168,14 @@ class WebhookNotifier:
             text, blocks = truncate(prefix + text, MAX_TEXT), _prefixed(prefix, blocks)
         try:
             response = self._client.send(text=text, blocks=blocks or None)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             err = self._failure(exc)
             # The cause is kept for tracebacks only when it does not quote the URL.
             if self._hide(str(exc)) != str(exc):
                 raise err from None
             raise err from exc
         status = int(getattr(response, "status_code", 0) or 0)
-        if not 200 <= status < 300:
+        if status_of(status) is not Status.OK:
             err = classify_response(status, str(getattr(response, "body", "") or ""),
                                     getattr(response, "headers", None))
             raise DeliveryError(self._hide(str(err)), retryable=err.retryable,

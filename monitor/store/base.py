@@ -3,7 +3,8 @@
 Rules: a cycle's conclusions (correlation state, dedupe keys, checkpoint, outbox messages) are
 written by `commit_cycle` in ONE transaction, so a crash leaves either the old cycle or the new
 one, never half; and messages are in the outbox before anyone tries to send them. Delivery then
-only moves messages from "queued" to "sent" (`mark_sent`), one at a time.
+only moves messages from "queued" to "sent" (`mark_sent`), one at a time. What that transaction
+writes and deletes is decided once, for every store, by the commit plan (store/plan.py).
 
 Several instances share one store (#8). The state is partitioned by unit of work (a project and
 its services): each unit's incidents, revision facts, dedupe keys and outbox rows carry its name,

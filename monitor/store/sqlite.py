@@ -3,38 +3,29 @@
 Rules: standard library only; the schema is versioned with `PRAGMA user_version` and migrated by
 the monitor itself, each step in a transaction, so running any version twice is harmless. Values
 the core owns (incidents, revision facts) are stored as JSON documents beside the columns queries
-need; the outbox is a real table keyed by the message's idempotency key, so enqueueing the same
-transition twice is a no-op.
+need, in the canonical form of the commit plan (store/plan.py), which this store only executes:
+so what a row holds is known from its text. The outbox is a real table keyed by the message's
+idempotency key, so enqueueing the same transition twice is a no-op.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from monitor.correlate.model import Incident, IncidentStatus, RevisionFacts
+from monitor.correlate.model import Incident, IncidentStatus
 from monitor.correlate.state import State
 from monitor.instance import gone_locally
 from monitor.messages import Action, Message, Queued, Sent, Thread
-from monitor.store.base import (
-    RETENTION,
-    CycleRecord,
-    Lease,
-    LeaseInfo,
-    NotAMonitorDatabase,
-    check_fence,
-    correlate_doc,
-    merge_correlate,
-)
+from monitor.store.base import CycleRecord, Lease, LeaseInfo, NotAMonitorDatabase, check_fence
+from monitor.store.plan import CommitPlan, DocKey, digest_text, loaded_state, plan_commit
 from monitor.times import format_time, parse_time, sortable
 from monitor.window import Checkpoint
-
-_Doc = TypeVar("_Doc", Incident, RevisionFacts)
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -159,7 +150,7 @@ class SQLiteStore:
             (verdict,) = self._db.execute("PRAGMA quick_check(1)").fetchone()
             if verdict != "ok":
                 raise sqlite3.DatabaseError(verdict)
-            self._written: dict[str, str] = {}  # document key -> JSON as stored
+            self._held: dict[DocKey, bytes] = {}  # what the rows hold (store/plan.py)
             self.migrate()
         except sqlite3.DatabaseError as exc:  # garbage, truncated, a directory, unreadable
             raise NotAMonitorDatabase(f"{path}: not a monitor database ({exc})") from None
@@ -194,15 +185,12 @@ class SQLiteStore:
 
     def load_state(self, unit: str | None = None) -> State:
         where, args = ("WHERE unit = ?", (unit,)) if unit is not None else ("", ())
-        state = State()
-        for u, data in self._db.execute(f"SELECT unit, data FROM incidents {where}", args):
-            incident = Incident.from_state(json.loads(data))
-            state.incidents[incident.id] = incident
-            self._written[f"i\x1f{u}\x1f{incident.id}"] = data
-        for u, data in self._db.execute(f"SELECT unit, data FROM revisions {where}", args):
-            facts = RevisionFacts.from_state(json.loads(data))
-            state.revisions[(facts.service, facts.name)] = facts
-            self._written[f"r\x1f{u}\x1f{facts.service}\x1f{facts.name}"] = data
+        # A row holds the canonical JSON the plan wrote: its digest is that of its text (an
+        # older row's differs, and the next commit rewrites it canonical).
+        incidents = ((u, json.loads(d), digest_text(d)) for u, d in
+                     self._db.execute(f"SELECT unit, data FROM incidents {where}", args))
+        revisions = ((u, json.loads(d), digest_text(d)) for u, d in
+                     self._db.execute(f"SELECT unit, data FROM revisions {where}", args))
         if unit is not None:
             metas = [self._meta(f"correlate:{unit}")]
         else:
@@ -210,9 +198,8 @@ class SQLiteStore:
             metas = [json.loads(v) for (v,) in self._db.execute(
                 "SELECT value FROM meta WHERE key = 'correlate' OR key LIKE 'correlate:%' "
                 "ORDER BY key")]
-        for meta in metas:
-            if meta:
-                merge_correlate(state, meta)
+        state, held = loaded_state(incidents, revisions, metas)
+        self._held.update(held)
         return state
 
     def _meta(self, key: str) -> Any:
@@ -237,80 +224,78 @@ class SQLiteStore:
         return found
 
     def commit_cycle(self, state: State, record: CycleRecord) -> None:
-        # Only the documents that changed since they were loaded or last written: most cycles
-        # touch one incident and a revision or two, not the whole history.
-        unit = record.unit
-        incidents = self._changed(
-            (f"i\x1f{unit}\x1f{i.id}", i, json.dumps(i.to_state()))
-            for i in state.incidents.values())
-        revisions = self._changed(
-            (f"r\x1f{unit}\x1f{f.service}\x1f{f.name}", f, json.dumps(f.to_state()))
-            for f in state.revisions.values())
+        plan = plan_commit(state, record, self._held)
         with self._tx() as db:
             now = datetime.now(UTC)
-            if record.lease is not None:
-                _fence(db, record.lease, now)
-            db.executemany(
-                """INSERT INTO incidents (id, unit, service, signal, status, first_seen, data)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                       data = excluded.data""",
-                [(i.id, unit, i.service, i.signal, i.status.value, sortable(i.first_seen), text)
-                 for key, i, text in incidents],
-            )
-            db.executemany(
-                """INSERT INTO revisions (unit, service, name, data) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (unit, service, name) DO UPDATE SET data = excluded.data""",
-                [(unit, f.service, f.name, text) for key, f, text in revisions],
-            )
-            self._set_meta(db, f"correlate:{unit}", correlate_doc(state))
-            if record.checkpoint is not None:
-                db.execute(
-                    """INSERT INTO checkpoints (unit, value) VALUES (?, ?)
-                       ON CONFLICT (unit) DO UPDATE SET value = excluded.value""",
-                    (unit, json.dumps(record.checkpoint.to_json())),
-                )
-            db.executemany(
-                "INSERT OR IGNORE INTO seen (key, unit, ts) VALUES (?, ?, ?)",
-                # a generator: a replay's keys are many
-                ((_key(k), unit, sortable(ts)) for k, ts in record.seen.items()),
-            )
-            if record.forget_before is not None:
-                db.execute("DELETE FROM seen WHERE unit = ? AND ts < ?",
-                           (unit, sortable(record.forget_before)))
-            created = sortable(now)
-            db.executemany(
-                """INSERT OR IGNORE INTO outbox (key, unit, incident_id, payload, created_at)
-                   VALUES (?, ?, ?, ?, ?)""",
-                [(m.key, unit, m.incident_id, json.dumps(m.to_json()), created)
-                 for m in record.messages],
-            )
-            if record.retain_after is not None:
-                cutoff = format_time(record.retain_after)
-                gone = [(i,) for (i,) in db.execute(
-                    "DELETE FROM incidents WHERE unit = ? AND status = 'resolved' AND "
-                    "json_extract(data, '$.resolved_at') < ? AND id NOT IN (SELECT incident_id "
-                    "FROM outbox WHERE sent_at IS NULL AND incident_id IS NOT NULL) RETURNING id",
-                    (unit, cutoff)).fetchall()]
-                db.execute("DELETE FROM revisions WHERE unit = ? AND "
-                           "json_extract(data, '$.last_seen') < ?", (unit, cutoff))
-                # A deleted incident's thread and sent messages go with it; other sent messages
-                # after RETENTION of real time. An incident with a message still to send (this
-                # cycle's, queued above, or an older one) stays: its thread is where it goes.
-                db.executemany("DELETE FROM threads WHERE incident_id = ?", gone)
-                db.executemany("DELETE FROM outbox WHERE incident_id = ? AND sent_at IS NOT NULL",
-                               gone)
-                db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
-                           "sent_at < ?", (unit, sortable(now - RETENTION)))
-            db.execute("UPDATE leases SET polled_at = ? WHERE unit = ?", (created, unit))
-            if record.summary:
-                self._set_meta(db, "last_cycle", record.summary)
+            if plan.lease is not None:
+                _fence(db, plan.lease, now)
+            gone = self._execute(db, plan, now)
+        plan.remember(self._held, gone)
 
-        # Remembered only once committed: a rolled-back write must be written again.
-        self._written.update((key, text) for key, _, text in [*incidents, *revisions])
+    def _execute(self, db: sqlite3.Connection, plan: CommitPlan, now: datetime) -> list[str]:
+        """The plan's rows, after the fence; returns the incidents retention deleted."""
+        unit = plan.unit
+        db.executemany(
+            """INSERT INTO incidents (id, unit, service, signal, status, first_seen, data)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                   data = excluded.data""",
+            [(i.id, unit, i.service, i.signal, i.status, sortable(i.first_seen), i.text)
+             for i in plan.incidents],
+        )
+        db.executemany(
+            """INSERT INTO revisions (unit, service, name, data) VALUES (?, ?, ?, ?)
+               ON CONFLICT (unit, service, name) DO UPDATE SET data = excluded.data""",
+            [(unit, f.service, f.name, f.text) for f in plan.revisions],
+        )
+        self._set_meta(db, plan.correlate_key, plan.correlate)
+        if plan.checkpoint is not None:
+            db.execute(
+                """INSERT INTO checkpoints (unit, value) VALUES (?, ?)
+                   ON CONFLICT (unit) DO UPDATE SET value = excluded.value""",
+                (unit, json.dumps(plan.checkpoint.to_json())),
+            )
+        db.executemany(
+            "INSERT OR IGNORE INTO seen (key, unit, ts) VALUES (?, ?, ?)",
+            # a generator: a replay's keys are many
+            ((_key(k), unit, sortable(ts)) for k, ts in plan.seen.items()),
+        )
+        if plan.forget_before is not None:
+            db.execute("DELETE FROM seen WHERE unit = ? AND ts < ?",
+                       (unit, sortable(plan.forget_before)))
+        created = sortable(now)
+        db.executemany(
+            """INSERT OR IGNORE INTO outbox (key, unit, incident_id, payload, created_at)
+               VALUES (?, ?, ?, ?, ?)""",
+            [(m.key, unit, m.incident_id, json.dumps(m.payload), created) for m in plan.outbox],
+        )
+        gone: list[str] = []
+        if (retention := plan.retention) is not None:
+            gone = retention.deletable(self._waiting(db, retention.incidents))
+            db.executemany("DELETE FROM incidents WHERE unit = ? AND id = ?",
+                           [(unit, i) for i in gone])
+            db.executemany("DELETE FROM revisions WHERE unit = ? AND service = ? AND name = ?",
+                           [(unit, s, n) for s, n in retention.revisions])
+            db.executemany("DELETE FROM threads WHERE incident_id = ?", [(i,) for i in gone])
+            db.executemany("DELETE FROM outbox WHERE incident_id = ? AND sent_at IS NOT NULL",
+                           [(i,) for i in gone])
+            db.execute("DELETE FROM outbox WHERE unit = ? AND sent_at IS NOT NULL AND "
+                       "sent_at < ?", (unit, sortable(now - retention.sent_kept_for)))
+        db.execute("UPDATE leases SET polled_at = ? WHERE unit = ?", (created, unit))
+        if plan.summary is not None:
+            self._set_meta(db, "last_cycle", plan.summary)
+        return gone
 
-    def _changed(self, docs: Iterable[tuple[str, _Doc, str]]) -> list[tuple[str, _Doc, str]]:
-        return [(key, obj, text) for key, obj, text in docs if self._written.get(key) != text]
+    @staticmethod
+    def _waiting(db: sqlite3.Connection, incidents: Collection[str]) -> set[str]:
+        """Those of `incidents` with a message still to send (any unit's)."""
+        ids, waiting = list(incidents), set[str]()
+        for n in range(0, len(ids), 500):
+            chunk = ids[n : n + 500]
+            waiting.update(i for (i,) in db.execute(
+                "SELECT DISTINCT incident_id FROM outbox WHERE sent_at IS NULL AND "
+                f"incident_id IN ({','.join('?' * len(chunk))})", chunk))
+        return waiting
 
     @staticmethod
     def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:

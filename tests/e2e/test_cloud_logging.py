@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from monitor.check import run_cycle
 from monitor.cli import main
 from monitor.config import parse_config
-from monitor.correlate.health import SOURCE_SIGNAL
 from monitor.correlate.model import IncidentStatus
+from monitor.correlate.source_incident import SOURCE_SIGNAL
 from monitor.emulator import Emulator
 from monitor.notify.console import ConsoleNotifier
 from monitor.sources.budget import RateLimiter

@@ -66,7 +66,7 @@ from monitor.config import Config, parse_config
 from monitor.correlate.state import State
 from monitor.entries import LogEntry, from_json
 from monitor.messages import Action, Message
-from monitor.notify.outbox import Delivery, drain
+from monitor.notify.outbox import Delivery, HoldReason, drain
 from monitor.notify.slack import SlackNotifier
 from monitor.sources.file import FileSource
 from monitor.store import open_store
@@ -74,6 +74,7 @@ from monitor.store.base import CycleRecord, Store
 from monitor.window import ReadStats, Window
 from tests.helpers import T0, export_entry, small_incident
 from tests.slack_server import Call, SlackServer
+from tests.test_outbox import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -751,10 +752,13 @@ def test_a_regression_alert_waits_for_the_thread_it_links(tmp_path):
     try:
         with SlackServer() as slack:
             notifier = SlackNotifier(slack.token, base_url=slack.base_url, min_interval=0)
+            clock = FakeClock()
             slack.fail_next("chat.postMessage", status=503)  # the earlier alert, once
-            drain(store, notifier)
-            drain(store, notifier, now=datetime.now(UTC) + timedelta(minutes=1))
-            assert store.queued() == []
+            first = drain(store, notifier, **clock.drives)
+            assert first.held == {HoldReason.NO_LINK: 1}  # the regression waits for its link
+            clock.advance(60)  # past the backoff, and past the failed try's timeout
+            drain(store, notifier, **clock.drives)
+            assert store.queued() == [] and clock.slept == []
             roots = {r["text"]: r for r in slack.messages(CHANNEL)}
             linked = "Previous incident thread" in json.dumps(roots["its regression"]["blocks"])
             assert (list(roots), linked) == (["earlier incident", "its regression"], True)
