@@ -150,9 +150,8 @@ def findings(sections: list[Section]) -> list[str]:
             "entries at a time in event order (`sources/replay.py` sorts and deduplicates it in "
             "a temporary SQLite file beyond the first page), so what still grows is what the "
             "commit must write: the dedupe keys of the last 2 x `poll.max_lateness` of entries "
-            "(every entry of a small export; about 37,000 of a big one at this traffic), and "
-            "`store/sqlite.py:commit_cycle` builds a list of every key's row before "
-            "`executemany`, every key held twice at the peak (a generator would not).")
+            "(every entry of a small export; about 37,000 of a big one at this traffic); "
+            "the SQLite store hands them to `executemany` as a generator.")
     run_mem = having("slope")
     if run_mem is not None:
         d = run_mem.data
@@ -240,8 +239,8 @@ def _state_finding(state: Section) -> str:
                      "between its cycles, or load only open incidents and recent revisions")
     if share("`correlate/incidents.py") > 0.2:
         fixes.append("`correlate/incidents.py:advance` should copy only what it changes")
-    if share("`correlate/health.py") > 0.1:
-        fixes.append("`correlate/health.py:source_health` should not copy the state when "
+    if share("`correlate/source_incident.py") > 0.1:
+        fixes.append("`correlate/source_incident.py:source_health` should not copy the state when "
                      "nothing changes")
     if fixes:
         text += (" What the per-cycle cost of the retained month is made of, and its fix: "

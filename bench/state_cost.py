@@ -317,7 +317,7 @@ def _probe(backend: Any, cycle: Any, runs: int, day: int, times: list[float]) ->
 
 
 STATE_BUCKETS = [
-    ("`correlate/health.py:source_health`", "source_health"),
+    ("`correlate/source_incident.py:source_health`", "source_health"),
     ("`correlate/incidents.py:advance`", "advance"),
     ("`commit_cycle`", "commit_cycle"),
     ("`load_state`", "load_state"),

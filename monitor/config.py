@@ -319,10 +319,6 @@ class Config(_Model):
     def unit_names(self) -> list[str]:
         return [unit_name(u) for u in self.units]
 
-    @property
-    def watched_services(self) -> list[str]:
-        return [s for unit in self.units for s in unit.services]
-
     def signal(self, name: str) -> SignalConfig | None:
         return next((s for s in self.signals if s.name == name), None)
 

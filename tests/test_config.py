@@ -126,7 +126,7 @@ def test_relative_source_path_is_taken_from_the_config_folder(tmp_path):
 
 def test_shipped_config_is_valid_with_the_documented_environment():
     config = load_config(ROOT / "config.yaml", env={"GOOGLE_CLOUD_PROJECT": "spector-prod"})
-    assert config.watched_services == ["spector"]
+    assert [s for unit in config.units for s in unit.services] == ["spector"]
     (signal,) = config.signals
     assert signal.match.search("MissingSessionTableError: Prisma session table does not exist")
     assert config.migrations.tool == "prisma"
@@ -163,7 +163,7 @@ def test_a_project_is_one_target():
 def test_each_target_is_a_unit_named_after_its_project():
     config = parse_config(two_targets(), env={})
     assert config.unit_names == ["spector-prod", "spector-staging"]
-    assert config.watched_services == ["spector", "spector", "worker"]
+    assert [s for unit in config.units for s in unit.services] == ["spector", "spector", "worker"]
     assert parse_config(with_(), env={}).unit_names == ["default"]
 
 

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from monitor.correlate.state import State
 from monitor.messages import Action, Message, Thread
+from monitor.redact import hide
 from monitor.store import open_store
 from monitor.store.base import CycleRecord, Lease, LeaseLost
 from monitor.store.postgres import (
@@ -29,7 +30,6 @@ from monitor.store.postgres import (
     PostgresStore,
     StoreUnavailable,
     connection_params,
-    mask,
 )
 from monitor.window import Checkpoint
 from tests.pgproxy import PgProxy
@@ -450,10 +450,10 @@ def test_mask_hides_passwords_in_every_shape():
         f"host=db password='{PASSWORD} with spaces' user=monitor",
         f"postgresql://monitor@db/x?password={PASSWORD}&sslmode=require",
     ]:
-        masked = mask(text, [PASSWORD])
+        masked = hide(text, [PASSWORD])
         assert PASSWORD not in masked and "with spaces" not in masked and "***" in masked
-    assert mask("just hunter2-secret", [PASSWORD]) == "just ***"
-    assert "sslmode=require" in mask(f"postgresql://m@db/x?password={PASSWORD}&sslmode=require")
+    assert hide("just hunter2-secret", [PASSWORD]) == "just ***"
+    assert "sslmode=require" in hide(f"postgresql://m@db/x?password={PASSWORD}&sslmode=require", ())
 
 
 def test_url_forms():

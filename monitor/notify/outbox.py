@@ -44,6 +44,7 @@ from enum import Enum
 from monitor.config import SEND_MARGIN
 from monitor.messages import Action, Message, Queued, Thread
 from monitor.notify.message import DeliveryError, Notifier
+from monitor.notify.pacing import Pacer
 from monitor.store.base import Lease, LeaseEnding, LeaseLost, Store
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def drain(
     queue = store.queued(units=leases.keys() if leases is not None else None)
     progress = Progress.of(store, queue)
     result = Delivery(lost=progress.lost)
-    sender = _Sender(store, notifier, _Pacer(notifier.min_interval, wait, monotonic), started,
+    sender = _Sender(store, notifier, Pacer(notifier.min_interval, wait, monotonic), started,
                      progress, result, keep_alive)
 
     def time_left() -> float | None:
@@ -219,32 +220,12 @@ def drain(
 
 
 @dataclass
-class _Pacer:
-    """Spaces sends to one channel by `interval` seconds."""
-
-    interval: float
-    sleep: Callable[[float], object]
-    monotonic: Callable[[], float] = time.monotonic
-    last: dict[str, float] = field(default_factory=dict)
-
-    def wait(self, channel: str) -> None:
-        if self.interval <= 0:
-            return
-        due = self.last.get(channel, float("-inf")) + self.interval - self.monotonic()
-        if due > 0:
-            self.sleep(due)
-
-    def sent(self, channel: str) -> None:
-        self.last[channel] = self.monotonic()
-
-
-@dataclass
 class _Sender:
     """The steps that take one message to Slack, and what they share within a drain."""
 
     store: Store
     notifier: Notifier
-    pacer: _Pacer
+    pacer: Pacer
     now: datetime  # the drain's time: a failure's next try is counted from it
     progress: Progress
     result: Delivery

@@ -36,6 +36,7 @@ from monitor.notify.http import (
 )
 from monitor.notify.message import DeliveryError
 from monitor.notify.render import context, link
+from monitor.redact import hide
 from monitor.safe import MAX_BLOCKS, safe_text
 
 METADATA_EVENT = "monitor_message"  # event_type of the metadata on every post
@@ -127,9 +128,8 @@ class SlackNotifier:
 
     def _failure(self, exc: Exception) -> DeliveryError:
         err = classify_failure(exc)
-        text = str(err)
-        if self._token and self._token in text:  # defence in depth: classify never adds it
-            text = text.replace(self._token, "***")
+        text = hide(str(err), [self._token])  # defence in depth: classify never adds it
+        if text != str(err):
             err = DeliveryError(text, retryable=err.retryable, retry_after=err.retry_after)
         return err
 

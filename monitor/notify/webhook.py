@@ -52,6 +52,7 @@ from monitor.notify.http import (
 )
 from monitor.notify.message import DeliveryError
 from monitor.notify.render import section
+from monitor.redact import hide
 from monitor.safe import MAX_SECTION, MAX_TEXT, safe_text, truncate
 
 # slack-sdk logs the URL (and bodies) at debug level and failures at error level; the monitor
@@ -138,8 +139,7 @@ class WebhookNotifier:
                  client: WebhookClient | None = None) -> None:
         self._url = url
         path = urlsplit(url).path.strip("/")
-        self._secrets = sorted({s for s in (url, url.rstrip("/"), path) if len(s) >= 4},
-                               key=len, reverse=True)
+        self._secrets = [url, url.rstrip("/"), path]
         self.min_interval = min_interval
         self.timeout = float(timeout)
         self._client = client or WebhookClient(url, timeout=timeout, retry_handlers=[],
@@ -147,9 +147,7 @@ class WebhookNotifier:
         self._posted = 0
 
     def _hide(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return hide(text, self._secrets)
 
     def _failure(self, exc: Exception) -> DeliveryError:
         err = transport_failure(exc)

@@ -23,8 +23,9 @@ runs here as one transaction, retried at most `attempts` tries with exponential 
   the error raised. When the budget runs out, StoreUnavailable (an OSError) is raised and the
   transaction did not commit, or committed whole: the checkpoint is old or new, never half.
 
-Secrets: every error raised or logged here passes through `mask`, which masks a URL's password
-(`monitor.redact.mask_url`), `password=...` in connection strings and the password itself;
+Secrets: every error raised or logged here passes through `monitor.redact.hide`, which hides the
+password itself, a URL's password, `password=...` in connection strings and anything else shaped
+like a secret;
 psycopg's own exceptions are never chained to ours, so no traceback shows them.
 """
 
@@ -34,7 +35,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -42,7 +43,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from monitor.redact import mask_url
+from monitor.redact import hide
 
 log = logging.getLogger("monitor.store.postgres")
 
@@ -77,14 +78,6 @@ class StoreUnavailable(StoreError, OSError):
     """The server could not be reached, or the connection kept being lost, within the budget."""
 
 
-def mask(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` without passwords: in URLs, in `password=...` and the given values themselves."""
-    text = mask_url(text)
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 def connection_params(url: str) -> dict[str, str]:
     """libpq parameters for a `state.url`, with the monitor's defaults; no connection is made.
 
@@ -95,7 +88,7 @@ def connection_params(url: str) -> dict[str, str]:
     try:
         params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
     except psycopg.Error as exc:
-        raise ValueError(f"state.url: not a valid PostgreSQL URL: {mask(str(exc))}") from None
+        raise ValueError(f"state.url: not a valid PostgreSQL URL: {hide(str(exc), ())}") from None
     for key, value in DEFAULT_PARAMS.items():
         params.setdefault(key, value)
     return params
@@ -115,7 +108,7 @@ class Session:
         self._params = connection_params(url)
         password = self._params.get("password", "")
         self._secrets = (password,) if password else ()
-        self.url = mask(url, self._secrets)
+        self.url = hide(url, self._secrets)
         self._attempts = max(1, ATTEMPTS if attempts is None else attempts)
         self._backoff = BACKOFF if backoff is None else backoff
         # `monitor run` uses the store from the scheduler's worker and, at shutdown, from the
@@ -176,7 +169,7 @@ class Session:
                     or state in ("57P01", "57P02", "57P03"))
 
     def _masked(self, exc: BaseException) -> str:
-        return mask(str(exc).strip(), self._secrets) or type(exc).__name__
+        return hide(str(exc).strip(), self._secrets) or type(exc).__name__
 
     def _error(self, exc: BaseException, what: str) -> StoreError:
         return StoreError(f"cannot {what} in PostgreSQL ({self.url}): "

@@ -48,7 +48,6 @@ from monitor.store.pg_session import (
     StoreError,
     StoreUnavailable,
     connection_params,
-    mask,
     one,
 )
 from monitor.store.pg_text import dec, dec_text, enc_text, jsonb
@@ -56,7 +55,7 @@ from monitor.store.plan import CommitPlan, DocKey, digest, loaded_state, plan_co
 from monitor.window import Checkpoint
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "PostgresStore", "StoreError", "StoreUnavailable",
-           "connection_params", "mask"]
+           "connection_params"]
 
 
 def _utc(t: datetime | None) -> datetime | None:

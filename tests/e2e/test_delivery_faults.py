@@ -422,7 +422,7 @@ def run_seed(seed: int, scenario: Scenario, db: Path) -> SeedRun:
                 if polls:  # a real cycle: read, correlate, commit to the outbox, drain
                     slack.wait_settled()
                     cycle = run_cycle(scenario.config, store, scenario.source, notifier,
-                                      unit="default", services=scenario.config.watched_services,
+                                      unit="default", services=scenario.config.units[0].services,
                                       project=scenario.config.project, now=polls.pop(0))
                     expected += cycle.messages
                     tally(cycle.delivery)
