@@ -4,7 +4,9 @@ Rules: `now` is taken once, by the caller, and handed down; the order below is t
 argument. The cycle's conclusions and the messages they cause are committed together (step 5)
 before anything is sent (step 6), and the checkpoint moves in that same transaction: a crash
 before it re-reads the same entries (deduplicated by key), a crash after it only delays sending.
-`monitor once` and `monitor run` both call `run_cycle`.
+`monitor once` and `monitor run` both call `run_cycle`, with the same leadership code
+(leadership.py; `once` in burst mode). Between entries, pages and sends the cycle looks at its
+`Watch`: a shutdown abandons it before the commit, and its lease is renewed when due.
 """
 
 from __future__ import annotations

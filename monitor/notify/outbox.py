@@ -13,7 +13,7 @@ The guarantee, and how each step keeps it:
 - Per incident, order is kept: a failed or waiting message holds back the later messages of its
   incident (a reply never overtakes its root), while other incidents go on.
 - At most one message per `notifier.min_interval` per channel (Slack documents about one a
-  second).
+  second): `pacing.Pacer`.
 - Under leases (several instances, store/base.py), an instance sends only the messages of the
   units it leads, and every step is fenced by the unit's lease: an attempt is counted only
   while the lease has at least the notifier's timeout (plus a second) left, so a send never
