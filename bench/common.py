@@ -258,17 +258,18 @@ class MonitorRun:
         return int(self.proc.returncode)
 
 
-def frame_buckets(root: Any, buckets: Sequence[tuple[str, str]]) -> dict[str, float]:
-    """Inclusive seconds of each (label, function name) in a pyinstrument call tree, plus the
-    `total` of `run_cycle`: the first frame of that name on each path counts, once."""
+def frame_buckets(root: Any, buckets: Sequence[tuple[str, ...]]) -> dict[str, float]:
+    """Inclusive seconds of each (label, function name[, end of its file's path]) in a
+    pyinstrument call tree, plus the `total` of `run_cycle`: the first frame of that name on
+    each path counts, once."""
     out: dict[str, float] = {"total": 0.0}
 
     def walk(frame: Any) -> None:
         name = frame.function or ""
         if name == "run_cycle" and not out["total"]:
             out["total"] = frame.time
-        for label, fn in buckets:
-            if name == fn:
+        for label, fn, *where in buckets:
+            if name == fn and (frame.file_path or "").endswith(where[0] if where else ""):
                 out[label] = out.get(label, 0.0) + frame.time
                 return
         for c in frame.children:

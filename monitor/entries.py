@@ -43,7 +43,6 @@ class LogEntry:
     insert_id: str
     log_name: str
     timestamp: datetime
-    receive_timestamp: datetime | None
     severity: str
     kind: EntryKind
     project: str | None
@@ -194,7 +193,6 @@ def normalise(
     insert_id: str,
     log_name: str,
     timestamp: datetime,
-    receive_timestamp: datetime | None,
     severity: str,
     resource_labels: Mapping[str, Any],
     labels: Mapping[str, Any],
@@ -231,7 +229,6 @@ def normalise(
         insert_id=insert_id,
         log_name=log_name,
         timestamp=timestamp,
-        receive_timestamp=receive_timestamp,
         severity=severity or "DEFAULT",
         kind=where.kind,
         project=where.project,
@@ -278,6 +275,8 @@ def _from_parts(obj: Mapping[str, Any], insert_id: str, log_name: str, ts: str) 
         rlabels = resource["labels"]
     labels = obj.get("labels")
     receive = obj.get("receiveTimestamp")
+    if isinstance(receive, str):
+        parse_time(receive)  # an entry with a receive time that is not one is malformed
     text = obj.get("textPayload")
     payload = obj.get("jsonPayload")
     proto = obj.get("protoPayload")
@@ -286,7 +285,6 @@ def _from_parts(obj: Mapping[str, Any], insert_id: str, log_name: str, ts: str) 
         insert_id=insert_id,
         log_name=log_name,
         timestamp=parse_time(ts),
-        receive_timestamp=parse_time(receive) if isinstance(receive, str) else None,
         severity=str(obj.get("severity") or "DEFAULT"),
         resource_labels=rlabels,
         labels=labels if isinstance(labels, Mapping) else {},

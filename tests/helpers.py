@@ -25,7 +25,7 @@ def line(seconds: float, text: str, *, revision: str = "spector-00042-wex",
            EntryKind.SYSTEM: "cloudaudit.googleapis.com%2Fsystem_event"}[kind]
     return LogEntry(
         insert_id=f"id{next(_ids)}", log_name=f"projects/spector-prod/logs/{log}",
-        timestamp=at(seconds), receive_timestamp=None, severity="DEFAULT", kind=kind,
+        timestamp=at(seconds), severity="DEFAULT", kind=kind,
         project="spector-prod", service=service, revision=revision, instance_id=instance,
         text=text, http_status=status, raw=raw or {},
     )

@@ -50,8 +50,6 @@ def reference(pb: Any) -> LogEntry:
         raise MalformedEntry("entry has no insertId or logName")
     return normalise(
         insert_id=pb.insert_id, log_name=pb.log_name, timestamp=time(pb.timestamp),
-        receive_timestamp=time(pb.receive_timestamp) if pb.HasField("receive_timestamp")
-        else None,
         severity=names.get(pb.severity, "DEFAULT"), resource_labels=pb.resource.labels,
         labels=pb.labels, text_payload=text, json_payload=json_payload,
         proto_payload=proto_payload, http=http,

@@ -30,7 +30,6 @@ def test_text_payload():
     assert (e.service, e.revision, e.instance_id, e.project) == (
         "spector", "spector-00042-wex", "00f46b", "spector-prod")
     assert e.timestamp == datetime(2025, 12, 4, 21, 3, 11, 123456, tzinfo=UTC)
-    assert e.receive_timestamp == datetime(2025, 12, 4, 21, 3, 11, 400000, tzinfo=UTC)
     assert e.key == "projects/spector-prod/logs/run.googleapis.com%2Fstderr\x1fabc"
 
 

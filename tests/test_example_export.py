@@ -20,6 +20,7 @@ import pytest
 
 from monitor.entries import EntryKind, LogEntry
 from monitor.sources.file import FileSource
+from monitor.times import parse_time
 from monitor.window import ReadStats, Window
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -232,7 +233,7 @@ def test_entries_have_cloud_run_shapes(entries: list[LogEntry]) -> None:
         assert raw["resource"]["type"] == "cloud_run_revision"
         assert raw["resource"]["labels"]["project_id"] == "spector-prod"
         assert raw["resource"]["labels"]["location"] == "us-central1"
-        assert e.receive_timestamp is not None and e.receive_timestamp >= e.timestamp
+        assert parse_time(raw["receiveTimestamp"]) >= e.timestamp
         if e.kind in (EntryKind.APP, EntryKind.REQUEST):
             assert e.instance_id and e.instance_id.startswith("00")
             assert e.revision

@@ -30,7 +30,6 @@ def stream(*texts: str, service: str | None = "spector") -> list[LogEntry]:
             insert_id=f"id-{i}",
             log_name="projects/p/logs/run.googleapis.com%2Fstderr",
             timestamp=at(i),
-            receive_timestamp=None,
             severity="DEFAULT",
             kind=EntryKind.APP,
             project="p",

@@ -111,7 +111,7 @@ def entry(draw: st.DrawFn, n: int, base: Any) -> LogEntry:
     kind = draw(_kinds)
     return LogEntry(
         insert_id=f"id{n}", log_name="projects/spector-prod/logs/x", timestamp=at,
-        receive_timestamp=None, severity=draw(_severities), kind=kind,
+        severity=draw(_severities), kind=kind,
         project=draw(_projects), service=draw(_services), revision=draw(_revisions),
         instance_id=draw(_instances), text=draw(_texts), http_status=draw(_statuses),
         raw=draw(raw) if kind in (EntryKind.AUDIT, EntryKind.SYSTEM) else {},
@@ -198,7 +198,7 @@ def test_the_read_order_does_not_change_the_observations(
        st.integers(min_value=0))
 @example((build_classifier(parse_config({"project": "p", "services": SERVICES,
                                          "signals": SIGNALS[:1]}, env={}), SERVICES, None), 1),
-         [LogEntry("id0", "projects/p/logs/x", EARLIEST, None, "DEFAULT", EntryKind.APP, "p",
+         [LogEntry("id0", "projects/p/logs/x", EARLIEST, "DEFAULT", EntryKind.APP, "p",
                    "spector", None, None, "x")], "\ud800", 0)
 def test_a_lone_surrogate_in_the_text_is_classified_like_any_text(
         built: tuple[Classifier, int], entries: list[LogEntry], surrogate: str, at: int) -> None:

@@ -130,7 +130,6 @@ def check(obj: Any) -> LogEntry | None:
         return None
     assert isinstance(entry, LogEntry)
     assert entry.timestamp.utcoffset() == timedelta(0)
-    assert entry.receive_timestamp is None or entry.receive_timestamp.utcoffset() == timedelta(0)
     assert isinstance(entry.text, str) and isinstance(entry.severity, str)
     assert entry.insert_id and entry.log_name and isinstance(entry.kind, EntryKind)
     for value in (entry.service, entry.revision, entry.instance_id, entry.location,

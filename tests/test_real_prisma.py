@@ -80,7 +80,6 @@ def stream(texts: list[str], keep_blank: bool = True) -> list[LogEntry]:
             insert_id=f"id-{i}",
             log_name="projects/spector-prod/logs/run.googleapis.com%2Fstderr",
             timestamp=T0 + timedelta(seconds=i),
-            receive_timestamp=None,
             severity="DEFAULT",
             kind=EntryKind.APP,
             project="spector-prod",

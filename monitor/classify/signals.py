@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from monitor.classify.observations import ErrorHit
 from monitor.entries import EntryKind, LogEntry
-from monitor.regex import Match, Pattern, compile_regex
+from monitor.regex import Match, Pattern, Regex, RegexError, compile_regex
 
 SAMPLE_LIMIT = 2000  # characters kept of a matching line; the renderer cuts further for Slack
 _SOURCE_LINE = re.compile(r"[ \t]*throw\s")  # a quoted `throw` statement, not a logged error
@@ -36,18 +36,18 @@ class SignalMatcher:
 
     def __init__(self, signatures: Sequence[Signature]) -> None:
         self._signatures = tuple(signatures)
-        if len(self._signatures) > 1:
-            self._any: Pattern | None = compile_regex(
+        try:
+            self._any: Regex | None = compile_regex(
                 "|".join(f"(?:{s.pattern.pattern})" for s in self._signatures)
-            )
-        else:
+            ) if self._signatures else None
+        except RegexError:  # a test's `re` pattern that RE2 cannot read: no pre-check
             self._any = None
 
     def hits(self, entry: LogEntry) -> list[ErrorHit]:
         if entry.service is None or entry.kind is EntryKind.REQUEST:
             return []
         text = entry.text
-        if self._any is not None and self._any.search(text) is None:
+        if self._any is not None and not self._any.found(text):
             return []
         out = []
         for sig in self._signatures:

@@ -278,7 +278,6 @@ def _from_pb(pb: Any) -> LogEntry:
     where = _origin(log_name, pb.resource.SerializeToString())
     return LogEntry(
         insert_id, log_name, checked_time(_pb_time(pb.timestamp)),
-        _pb_time(pb.receive_timestamp) if pb.HasField("receive_timestamp") else None,
         _severity.get(pb.severity, "DEFAULT"), where.kind, where.project, where.service,
         where.revision, pb.labels.get("instanceId") or None, text, http_status, raw,
         where.location, http_url,

@@ -119,14 +119,13 @@ def _micros(t: datetime | None) -> int | None:
 
 
 def _fields(e: LogEntry) -> tuple[Any, ...]:
-    return (e.insert_id, e.log_name, _micros(e.timestamp), _micros(e.receive_timestamp),
+    return (e.insert_id, e.log_name, _micros(e.timestamp),
             e.severity, e.kind.value, e.project, e.service, e.revision, e.instance_id, e.text,
             e.http_status, dict(e.raw), e.location, e.http_url)
 
 
 def _entry(f: tuple[Any, ...]) -> LogEntry:
     return LogEntry(
-        insert_id=f[0], log_name=f[1], timestamp=_EPOCH + f[2] * _MICRO,
-        receive_timestamp=None if f[3] is None else _EPOCH + f[3] * _MICRO, severity=f[4],
-        kind=EntryKind(f[5]), project=f[6], service=f[7], revision=f[8], instance_id=f[9],
-        text=f[10], http_status=f[11], raw=f[12], location=f[13], http_url=f[14])
+        insert_id=f[0], log_name=f[1], timestamp=_EPOCH + f[2] * _MICRO, severity=f[3],
+        kind=EntryKind(f[4]), project=f[5], service=f[6], revision=f[7], instance_id=f[8],
+        text=f[9], http_status=f[10], raw=f[11], location=f[12], http_url=f[13])
