@@ -118,28 +118,26 @@ def findings(sections: list[Section]) -> list[str]:
             "what a log name and monitored resource say worked out once per distinct pair, "
             "the whole second of each timestamp cached, only the message fields read from a "
             "JSON payload's Struct, no sort of a batch already in order, `isoformat` dedupe "
-            "keys. What is left, with its fix, in order of gain: (1) `_from_pb` still builds a "
-            "frozen dataclass (one `object.__setattr__` per field) and two `datetime`s per "
-            "entry, one of them the receive time that no later step reads: drop "
-            "`LogEntry.receive_timestamp` and keep times as integer nanoseconds until a step "
-            "needs a `datetime`; (2) request logs, about half the traffic, each become a "
-            "`LogEntry`, a `RequestServed` observation and a dedupe key only to be counted per "
-            "revision and status: count them straight from the protobuf; (3) classify, "
-            "correlate and the commit start after the whole read: classifying page by page "
-            "(`check.fresh_entries` looking up dedupe keys and classifying per page) would "
-            "overlap them with the next page's fetch, and flatten a cycle's memory too. The "
-            "cycle reaches the floor when its own work per page is less than the server's "
-            "time per page; (1) to (3) together are the way there.")
+            "keys, no receive time per entry (no step read it), a signal pre-check through an "
+            "RE2 set (no match object per line), and classify and correlate page by page while "
+            "the next page is fetched (`check.fresh_pages`). What is left, with its fix, in "
+            "order of gain: (1) `_from_pb` still builds a frozen dataclass (one "
+            "`object.__setattr__` per field) and a `datetime` per entry: keep times as integer "
+            "nanoseconds until a step needs a `datetime`; (2) request logs, about half the "
+            "traffic, each become a `LogEntry`, a `RequestServed` observation and a dedupe key "
+            "only to be counted per revision and status: count them straight from the protobuf, "
+            "or, better, do not read successful ones at all (server-side selection, issue 16). "
+            "The cycle reaches the floor when its own work per page is less than the server's "
+            "time per page.")
     mem = having("peaks")
     if mem is not None:
         out.append(
             "**Memory of a cycle**: the shipped budget (`max_pages_per_cycle: 20`) is what keeps "
             "a cycle's memory flat: a 1,000,000-entry backlog is read 20,000 entries per cycle. "
-            "Within one cycle nothing is streamed: `check.fresh_entries` materialises every "
-            "entry read (a list and a dict of `LogEntry`), `classify` holds them all and the "
-            "commit builds every dedupe key, so without the budget the peak grows with the "
-            "backlog (second table). A budget of N pages costs roughly N x 1,000 `LogEntry` "
-            "values of memory.")
+            "Within one cycle, entries are folded a page at a time (`check.fresh_pages`); what "
+            "still grows with the read is one dedupe key per entry (the read's own key set and "
+            "the commit's rows), so without the budget the peak grows with the backlog, more "
+            "slowly (second table).")
     replay_mem = having("replay_peaks")
     if replay_mem is not None:
         peaks = replay_mem.data["replay_peaks"]

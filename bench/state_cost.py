@@ -321,7 +321,7 @@ STATE_BUCKETS = [
     ("`correlate/incidents.py:advance`", "advance"),
     ("`commit_cycle`", "commit_cycle"),
     ("`load_state`", "load_state"),
-    ("reading the minute's entries (`check.fresh_entries`)", "fresh_entries"),
+    ("reading the minute's entries (`check.fresh_pages`)", "_live"),
 ]
 
 

@@ -98,34 +98,41 @@ class Watch:
             self.keep_alive()
 
 
-def fresh_entries(store: Store, entries: Iterator[LogEntry],
-                  watch: Watch = Watch()) -> list[LogEntry]:
-    """Entries not processed before: deduplicated by (log name, insert id)."""
-    batch: dict[str, LogEntry] = {}
-    for entry in entries:
-        watch("while reading")
-        batch.setdefault(entry.key, entry)
-    already = store.seen_keys(list(batch))
-    return [e for k, e in batch.items() if k not in already]
-
-
 def fresh_pages(store: Store, source: Source, window: Window, stats: ReadStats,
                 watch: Watch = Watch()) -> Generator[list[LogEntry]]:
-    """What the cycle classifies and folds, a page at a time, deduplicated as `fresh_entries`.
+    """What the cycle classifies and folds, a page at a time: entries not processed before,
+    deduplicated by (log name, insert id) against the store and within the read.
 
-    A live source's read is bounded by its budget and in timestamp order: it is read here,
-    before this returns (so `stats.cut_at` is known), as one page. A complete export may be in
-    any order and of any size: it is replayed in event order, a page of `replay.PAGE_ENTRIES` at
-    a time, and no entry outlives its page (sources/replay.py), so a cycle's memory does not grow
-    with the export.
+    A live source reads in timestamp order: its entries are folded a page as they come, while
+    the source fetches the next page on its own thread (sources/cloud_logging.py), so the
+    cycle's work overlaps the server's. A complete export may be in any order and of any size:
+    it is replayed in event order, a page of `replay.PAGE_ENTRIES` at a time, and no entry
+    outlives its page (sources/replay.py). Either way a cycle's memory does not grow with what
+    it reads, beyond one key per entry.
     """
     if source.live:
-        return _one(fresh_entries(store, source.read(window, stats), watch))
+        return _live(store, source.read(window, stats), watch)
     return _replayed(store, source.read(window, stats), watch)
 
 
-def _one(page: list[LogEntry]) -> Generator[list[LogEntry]]:
-    yield page
+def _live(store: Store, entries: Iterator[LogEntry],
+          watch: Watch) -> Generator[list[LogEntry]]:
+    read: set[str] = set()  # keys met earlier in this read: a read may overlap itself
+    page: dict[str, LogEntry] = {}
+    for entry in _watched(entries, watch):
+        if entry.key not in read:
+            read.add(entry.key)
+            page[entry.key] = entry
+            if len(page) >= replay.PAGE_ENTRIES:
+                yield _unseen(store, page)
+                page = {}
+    if page:
+        yield _unseen(store, page)
+
+
+def _unseen(store: Store, page: dict[str, LogEntry]) -> list[LogEntry]:
+    already = store.seen_keys(list(page))
+    return [e for k, e in page.items() if k not in already]
 
 
 def _replayed(store: Store, entries: Iterator[LogEntry],
@@ -185,8 +192,11 @@ def run_cycle(
     try:
         # 1. read what has not been seen, a page at a time (a live read is done on return)
         with contextlib.closing(fresh_pages(store, source, window, stats, watch)) as pages:
+            # Bounded before the read by the window; the read's own cut (`stats.cut_at`) is
+            # known at its end, and is never before an entry already folded (timestamp order).
             fold = Fold(health.state, rules=config.rules(unit),
-                        complete_until=complete_until(source, window, stats, now, lateness))
+                        complete_until=complete_until(source, window, ReadStats(), now,
+                                                      lateness))
             for page in pages:
                 # 2. classify: entries -> observations
                 # 3. correlate: state + observations -> state', transitions (pure, event time)
@@ -198,7 +208,7 @@ def run_cycle(
         return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
                             window=window, stats=stats, error=exc, dry_run=dry_run,
                             lease=lease, keep_alive=keep_alive)
-    outcome = fold.finish(now)
+    outcome = fold.finish(now, complete_until(source, window, stats, now, lateness))
     transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
     messages = [m for t in transitions for m in _render(config, t, project)]

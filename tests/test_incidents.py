@@ -19,7 +19,7 @@ from monitor.classify.observations import (
 from monitor.config import parse_config
 from monitor.correlate.decide import MOVES, Event, InvalidMove
 from monitor.correlate.effects import move
-from monitor.correlate.incidents import MIGRATION_SIGNAL, Outcome, advance
+from monitor.correlate.incidents import MIGRATION_SIGNAL, Fold, Outcome, advance
 from monitor.correlate.model import IncidentKind, IncidentStatus, TransitionKind
 from monitor.correlate.state import Rules, SignalRule, State
 
@@ -165,6 +165,22 @@ def test_not_resolved_while_data_is_incomplete():
     assert the_incident(out).status is IncidentStatus.OPEN
     out2 = run([], now=45, complete=30, state=out.state)
     assert the_incident(out2).status is IncidentStatus.RESOLVED
+
+
+def test_a_read_cut_short_at_its_end_keeps_the_fold_from_resolving_past_the_cut():
+    """A live read is folded a page at a time before its budget's cut is known (the cut is the
+    last entry read, never before an observation folded); given at the end, it bounds the last
+    timers exactly as if it had been known from the start."""
+    story = [o for o in fixed_story() if o.at <= at(20)]  # the budget ran out at minute 20
+    whole = advance(State(), story, now=at(40), complete_until=at(20), rules=rules())
+    fold = Fold(State(), complete_until=at(40), rules=rules())
+    fold.add(story)
+    paged = fold.finish(at(40), complete_until=at(20))
+    assert the_incident(paged).status is IncidentStatus.OPEN  # quiet until 26: not known yet
+    assert kinds(paged) == kinds(whole) and the_incident(paged) == the_incident(whole)
+    uncut = Fold(State(), complete_until=at(40), rules=rules())
+    uncut.add(story)
+    assert the_incident(uncut.finish(at(40))).status is IncidentStatus.RESOLVED
 
 
 def test_silence_without_traffic_is_quiet_not_resolved():

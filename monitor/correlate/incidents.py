@@ -95,7 +95,12 @@ class Fold:
             machine.observe(obs)
         self._last = last
 
-    def finish(self, now: datetime) -> Outcome:
+    def finish(self, now: datetime, complete_until: datetime | None = None) -> Outcome:
+        """The last timers, at `now`. `complete_until` may be earlier than the fold's (a read
+        cut short by its budget, known at the read's end), never earlier than an observation
+        folded: the data is complete only up to there."""
+        if complete_until is not None:
+            self._complete_until = min(self._complete_until, complete_until)
         self._machine.tick(now, self._complete_until)
         return Outcome(self._machine.state, self._machine.transitions)
 

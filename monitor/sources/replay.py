@@ -10,7 +10,7 @@ the size or the order of the export; the disk holds about the export's size unti
 
 Rules:
 - Deduplicated by `LogEntry.key` (log name and insert id), the first one read kept, as
-  `check.fresh_entries` deduplicates a batch.
+  a live read is (`check.fresh_pages`).
 - Event order is `classify.event_order` (timestamp, insert id) with ties broken by log name, so
   the order never depends on the file's.
 - An entry comes back equal to the one read, `raw` included (JSON values, marshalled: the file is
