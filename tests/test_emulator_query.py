@@ -246,3 +246,14 @@ def test_filter_length_limit() -> None:
     compile_filter(longest)
     with pytest.raises(QueryError, match="20001 characters"):
         compile_filter(longest[:-1] + 'x"')
+
+
+def test_regex_is_re2_as_cloud_logging_evaluates_it() -> None:
+    """`=~` is RE2, the dialect of Cloud Logging's query language and of the monitor's signals:
+    RE2's `$` is the end of the text (Python's `re` also matches before a final newline), and a
+    lone surrogate in the text is matched like any character."""
+    entry = {"insertId": "a", "logName": "projects/p/logs/x", "textPayload": "boom\n"}
+    assert not compile_filter('textPayload=~"boom$"')(entry)
+    assert compile_filter('textPayload=~"boom\\\\n$"')(entry)
+    assert compile_filter('textPayload=~"(?i)BOOM"')(entry)
+    assert compile_filter('textPayload=~"x.y"')({**entry, "textPayload": "x\ud800y"})

@@ -10,7 +10,7 @@ Rules (the subset the monitor and its tests write, over entries in the JSON form
   (`\\"`, `\\\\` escapes) or bare words and numbers; `path = ("a" OR "b")` tests each value.
 - `=` is exact (numeric when both sides are numbers; int64 JSON strings count); `:` is a
   case-insensitive substring test, recursive over objects and arrays, and `path:*` tests
-  presence; `=~`/`!~` search with Python `re`, refusing what RE2 refuses (look-arounds,
+  presence; `=~`/`!~` search with RE2 (`monitor.regex`), refusing what it refuses (look-arounds,
   back-references); orderings compare numbers as numbers. Arrays match if any element does.
 - `severity` compares by rank (DEFAULT < DEBUG < INFO < NOTICE < WARNING < ERROR < CRITICAL <
   ALERT < EMERGENCY, any case, or 0..800); an absent severity is DEFAULT. `timestamp` and
@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
+
+from monitor.regex import RegexError, compile_regex
 
 MAX_FILTER_CHARS = 20_000
 SEVERITY_RANKS = {"DEFAULT": 0, "DEBUG": 100, "INFO": 200, "NOTICE": 300, "WARNING": 400,
@@ -435,19 +437,21 @@ def _time(op: str, lit: _Tok, src: str) -> Callable[[Any], bool]:
 
 
 def _regex(lit: _Tok, src: str) -> Callable[[Any], bool]:
+    """RE2, as Cloud Logging evaluates `=~` and as the monitor matches signals (monitor.regex):
+    a pattern means the same in a query to the emulator, to Cloud Logging and in the monitor."""
     pattern = lit.text
     for m in _NON_RE2.finditer(pattern):
         if m.group(2) or (m.group(1) and m.group(1) in "123456789"):
             raise QueryError(f"the regular expression {pattern!r} uses {m.group(0)!r}, which "
                              "RE2 does not support", lit.pos, src)
     try:
-        search = re.compile(pattern.replace("\\z", "\\Z")).search
-    except re.error as exc:
-        raise QueryError(f"bad regular expression {pattern!r}: {exc.msg}", lit.pos, src) from None
+        regex = compile_regex(pattern)
+    except RegexError as exc:
+        raise QueryError(f"bad regular expression {pattern!r}: {exc}", lit.pos, src) from None
 
     def test(v: Any) -> bool:
         text = _scalar_text(v)
-        return text is not None and search(text) is not None
+        return text is not None and regex.found(text)
 
     return _each(test)
 
