@@ -97,7 +97,7 @@ BOTH = [
     (429, True, True),
     (500, True, True),
     (503, True, True),
-    (408, False, True),  # the Web API notifier counts only 5xx and Slack's codes as trouble
+    (408, True, True),  # a proxy's request timeout: tried again, as any attempt in doubt
     (404, False, False),
     (400, False, False),
     (403, False, False),

@@ -84,8 +84,9 @@ def _api_failure(exc: SlackApiError) -> DeliveryError:
     verdict = status_of(status)
     if verdict is Status.RATE_LIMITED or error == "ratelimited":
         return rate_limited(where, getattr(response, "headers", None))
-    # Trouble is 5xx or one of Slack's transient codes; a bare 408 falls through to `unexpected`.
-    if verdict is Status.UNAVAILABLE or error in _RETRYABLE_ERRORS:
+    # Trouble is 5xx, a 408 (a proxy that stopped waiting: the attempt is counted, so a retry
+    # looks before it posts again) or one of Slack's transient codes; as for the webhook.
+    if verdict in (Status.UNAVAILABLE, Status.TIMED_OUT) or error in _RETRYABLE_ERRORS:
         return trouble(where, error or f"HTTP {status}")
     if error in _HINTS:
         needed = data.get("needed") if isinstance(data, dict) else None
