@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import api_cost, latency, memory, state_cost, throughput
+from bench import api_cost, latency, memory, state_cost, sweep, throughput
 from bench.common import ROOT, Options, Section, machine, table
 from bench.emulator_proc import EmulatorProcess
 
@@ -85,6 +85,7 @@ def run(opts: Options) -> list[Section]:
     sections.append(_guard("Memory of a replay", lambda: memory.measure_replay(
         opts, [2_000, 20_000] if opts.quick else [10_000, 1_000_000], _progress)))
     sections.append(_guard("API cost", lambda: api_cost.measure(opts, _progress)))
+    sections.append(_guard("Sweep", lambda: sweep.measure(opts, _progress)))
     sections.append(_guard("Memory of monitor run", lambda: memory.measure_run(
         opts, 50 if opts.quick else 1000, _progress)))
     sections.append(_guard("Detection latency", lambda: latency.measure(opts, _progress)))

@@ -12,6 +12,13 @@ channel, the very filter the cycle sends) iterating every entry of the same emul
 nothing with it. The monitor cannot read faster than its own client library; the question is how
 much the rest of the cycle adds. Target: the cycle within 1.3x of the floor's time.
 
+What is read: everything. The cycle's source is built without a selection (as with
+`source.select: false`), so its filter selects every entry of the watched services in the
+window, and the figure is the cost per entry of the whole backlog; a selective read (the shipped
+default) reads fewer entries, not cheaper ones. The floor gets the filter from that same source
+(`CloudLoggingSource.filter_for`, in the parent), and each cycle reports the filter its source
+sent: a run where the two differ fails rather than compare unlike reads.
+
 Both run in fresh child processes (the emulator in a third), alternating, so each figure is the
 median of runs made under the same conditions.
 """
@@ -84,12 +91,21 @@ def _window(args: dict[str, Any]) -> Any:
                        max_lateness=timedelta(minutes=10))
 
 
-def _filter(args: dict[str, Any]) -> str:
-    from monitor.queries import read_filter
+def _source(args: dict[str, Any]) -> Any:
+    """The cycle's source: every entry (no selection), no request budget to speak of."""
+    from monitor.sources.budget import RateLimiter
+    from monitor.sources.cloud_logging import CloudLoggingSource
 
-    w = _window(args)
-    return read_filter(args["services"], start=w.start, end=w.end,
-                       received_after=w.received_after, received_before=w.received_before)
+    return CloudLoggingSource(project=args["project"], services=args["services"],
+                              api_endpoint=args["endpoint"], max_pages=100_000,
+                              limiter=RateLimiter(10**9), timeout=timedelta(seconds=120),
+                              selection=None)
+
+
+def _filter(args: dict[str, Any]) -> str:
+    """The filter the cycle's source sends for the benchmark's window."""
+    result: str = _source(args).filter_for(_window(args))
+    return result
 
 
 def run_floor(args: dict[str, Any]) -> dict[str, Any]:
@@ -104,14 +120,15 @@ def run_floor(args: dict[str, Any]) -> dict[str, Any]:
     channel = grpc.insecure_channel(args["endpoint"])
     client = LoggingServiceV2Client(transport=LoggingServiceV2GrpcTransport(
         channel=channel, credentials=AnonymousCredentials()))  # type: ignore[no-untyped-call]
-    request = {"resource_names": [f"projects/{args['project']}"], "filter": _filter(args),
+    request = {"resource_names": [f"projects/{args['project']}"], "filter": args["filter"],
                "order_by": "timestamp asc", "page_size": 1000}
     started = time.perf_counter()
     n = 0
     for _entry in client.list_log_entries(request=request, retry=None, timeout=120):
         n += 1
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "entries": n, "maxrss_kb": peak_rss_kb()}
+    return {"seconds": seconds, "entries": n, "maxrss_kb": peak_rss_kb(),
+            "filter": args["filter"]}
 
 
 def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +137,6 @@ def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
     from monitor.check import run_cycle
     from monitor.config import parse_config
     from monitor.notify.console import ConsoleNotifier
-    from monitor.sources.budget import RateLimiter
-    from monitor.sources.cloud_logging import CloudLoggingSource
     from monitor.store import open_store
     from monitor.times import parse_time
 
@@ -129,9 +144,7 @@ def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
     config = parse_config(config_dict(project=args["project"], services=args["services"],
                                       endpoint=args["endpoint"], max_pages=100_000,
                                       state_url=f"sqlite:///{state}/state.db"), env={})
-    source = CloudLoggingSource(project=args["project"], services=args["services"],
-                                api_endpoint=args["endpoint"], max_pages=100_000,
-                                limiter=RateLimiter(10**9), timeout=timedelta(seconds=120))
+    source = _source(args)
     store = open_store(config.state.url)
     out = io.StringIO()
     profiler: Any = None
@@ -154,7 +167,8 @@ def run_cycle_child(args: dict[str, Any]) -> dict[str, Any]:
         "seconds": seconds, "entries": result.stats.entries_read,
         "api_requests": result.stats.api_requests, "transitions": len(result.transitions),
         "messages": len(result.messages), "error": result.error, "maxrss_kb": peak_rss_kb(),
-        "incidents": len(result.state.incidents)}
+        "incidents": len(result.state.incidents),
+        "filter": source.filter_for(result.window)}  # what its read sent
     if args.get("profile") == "pyinstrument":
         profiler.stop()
         report["profile_tree"] = profiler.output_text(unicode=False, color=False,
@@ -195,7 +209,9 @@ def measure(opts: Options, emu: EmulatorProcess, sizes: list[int],
         "traces, Prisma output at start-ups, a live `MissingSessionTableError` incident) read "
         "over gRPC from the emulator (another process), classified, correlated and committed to "
         "SQLite, against the floor: the bare generated `LoggingServiceV2Client.list_log_entries` "
-        "(pages of 1,000, insecure channel, the same filter) iterating the same entries. "
+        "(pages of 1,000, insecure channel, the very filter the cycle sends) iterating the "
+        "same entries. Everything is read: the cycle's source has no selection (as with "
+        "`source.select: false`), so this is the cost per entry of the whole backlog. "
         f"Medians of {opts.runs} run(s), each in a fresh process; target: cycle time <= "
         f"{TARGET}x the floor's.")
     rows = []
@@ -208,6 +224,7 @@ def measure(opts: Options, emu: EmulatorProcess, sizes: list[int],
         since = (parse_time(now) - parse_time(first)).total_seconds() + 1
         args = {"endpoint": emu.grpc, "project": PROJECT, "services": SERVICES, "now": now,
                 "since": since, "workdir": str(opts.workdir)}
+        args["filter"] = _filter(args)
         floors, cycles = [], []
         timeout = 120 + size / 1000
         for run in range(opts.runs):
@@ -220,6 +237,9 @@ def measure(opts: Options, emu: EmulatorProcess, sizes: list[int],
         entries = cycles[0]["entries"]
         if any(c["error"] for c in cycles):
             raise RuntimeError(f"a cycle failed: {[c['error'] for c in cycles]}")
+        if any(c["filter"] != args["filter"] for c in cycles):
+            raise RuntimeError("the cycle read with another filter than the floor: "
+                               f"{cycles[0]['filter']!r} vs {args['filter']!r}")
         results[size] = {"floor": floor_s, "cycle": cycle_s, "entries": entries,
                          "floor_entries": floors[0]["entries"],
                          "rss": median([c["maxrss_kb"] for c in cycles]),

@@ -25,6 +25,7 @@ from monitor.classify.signals import SignalMatcher, Signature
 from monitor.config import Config
 from monitor.correlate.incidents import Fold
 from monitor.correlate.model import IncidentKind, Transition
+from monitor.correlate.probe import Answer, Probe
 from monitor.correlate.source_incident import source_health
 from monitor.correlate.state import State
 from monitor.entries import LogEntry
@@ -34,7 +35,7 @@ from monitor.notify.outbox import Delivery, drain
 from monitor.notify.render import render
 from monitor.output import CycleResult
 from monitor.sources import replay
-from monitor.sources.base import Source, SourceError
+from monitor.sources.base import Probing, Source, SourceError
 from monitor.store.base import RETENTION, CycleRecord, Lease, Store
 from monitor.times import format_time
 from monitor.window import (
@@ -157,6 +158,30 @@ def _watched(entries: Iterator[LogEntry], watch: Watch) -> Iterator[LogEntry]:
         yield entry
 
 
+@dataclass(frozen=True, slots=True)
+class _Asker:
+    """The cycle's side of a probe: the query (the source) and the reading (classify)."""
+
+    source: Probing
+    classifier: Classifier
+    stats: ReadStats
+
+    def __call__(self, probe: Probe) -> Answer:
+        entries, full = self.source.probe(probe, self.stats)
+        return Answer(probe, tuple(self.classifier.requests(entries)), full)
+
+
+def _settle(fold: Fold, probes: list[Probe], asker: _Asker | None, watch: Watch) -> None:
+    """Answer what the fold asks until it asks nothing more: the core asks, the cycle queries,
+    the core decides. Each round is bounded (two per span, `MAX_PROBES_PER_CYCLE` per incident),
+    so this ends."""
+    while probes:
+        if asker is None:
+            raise RuntimeError("a fold that does not probe asked for evidence")
+        watch("while probing")
+        probes = fold.answer([asker(p) for p in probes])
+
+
 def run_cycle(
     config: Config,
     store: Store,
@@ -191,7 +216,10 @@ def run_cycle(
     state = store.load_state(unit)
     health = source_health(state, unit=unit, ok=True, reason="", now=now,
                            failures_before_alert=config.source.failures_before_alert)
-    classifier = build_classifier(config, services, project).stream()
+    classifying = build_classifier(config, services, project)
+    classifier = classifying.stream()
+    asker = _Asker(source, classifying, stats) if isinstance(source, Probing) \
+        and source.selective else None
     # The keys the commit keeps (see `forget` below); a replay is never cut short.
     keep_from = None if source.live else (window.received_before or now) - 2 * lateness
     seen: dict[str, datetime] = {}
@@ -200,21 +228,24 @@ def run_cycle(
         with contextlib.closing(fresh_pages(store, source, window, stats, watch)) as pages:
             # Bounded before the read by the window; the read's own cut (`stats.cut_at`) is
             # known at its end, and is never before an entry already folded (timestamp order).
-            fold = Fold(health.state, rules=config.rules(unit),
+            fold = Fold(health.state, rules=config.rules(unit), probing=asker is not None,
                         complete_until=complete_until(source, window, ReadStats(), now,
                                                       lateness))
             for page in pages:
                 # 2. classify: entries -> observations
                 # 3. correlate: state + observations -> state', transitions (pure, event time)
-                fold.add(classifier.feed(page))
+                #    (the fold may stop to ask for evidence: the cycle answers, it goes on)
+                _settle(fold, fold.add(classifier.feed(page)), asker, watch)
                 seen.update((e.key, e.timestamp) for e in page
                             if keep_from is None or e.timestamp >= keep_from)
-            fold.add(classifier.end())
+            _settle(fold, fold.add(classifier.end()), asker, watch)
+        _settle(fold, fold.close(now, complete_until(source, window, stats, now, lateness)),
+                asker, watch)
     except SourceError as exc:
         return _failed_read(config, store, notifier, state, unit=unit, project=project, now=now,
                             window=window, stats=stats, error=exc, dry_run=dry_run,
                             lease=lease, keep_alive=keep_alive)
-    outcome = fold.finish(now, complete_until(source, window, stats, now, lateness))
+    outcome = fold.outcome
     transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
     messages = [m for t in transitions for m in _render(config, t, project)]

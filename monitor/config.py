@@ -118,6 +118,10 @@ class SourceConfig(_Model):
     max_pages_per_cycle: Annotated[int, Field(ge=1)] = 20
     # Request logs can be most of the volume: read this fraction of them (sample(insertId, f)).
     request_sample: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # Read only what can change a conclusion (signal matches, migration output, audit and
+    # system events, failed requests) and probe for the evidence of health; false reads every
+    # entry, as a file replay does.
+    select: bool = True
     timeout: PositiveDuration = timedelta(seconds=30)  # per request; retries stay inside the cycle
     failures_before_alert: Annotated[int, Field(ge=1)] = 3  # failed cycles before "cannot read"
 

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from monitor.check import Cancelled
+from monitor.correlate.probe import Probe
 from monitor.entries import LogEntry
-from monitor.sources.base import Source
+from monitor.sources.base import Probing, Source
 from monitor.store.base import Lease, LeaseEnding, LeaseLost, Store
 from monitor.window import ReadStats, Window
 
@@ -248,6 +249,14 @@ class _Guarded:
         self.unit = unit
         self.source = source
         self.live = source.live
+        # a read of the needles asks for evidence too: through the guard, as the cycle's own
+        # (the lease was checked before the cycle's read, and is renewed while it probes)
+        self.selective = isinstance(source, Probing) and source.selective
+
+    def probe(self, probe: Probe, stats: ReadStats) -> tuple[list[LogEntry], bool]:
+        if not isinstance(self.source, Probing):
+            raise TypeError("the guarded source answers no probes")
+        return self.source.probe(probe, stats)
 
     def read(self, window: Window, stats: ReadStats) -> Iterator[LogEntry]:
         self.leadership.reading(self.unit)

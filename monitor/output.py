@@ -91,6 +91,9 @@ def result_json(result: CycleResult) -> dict[str, Any]:
             "entries_read": result.stats.entries_read,
             "entries_skipped": result.stats.entries_skipped,
             "api_requests": result.stats.api_requests,
+            # of them: reads of the lines around tool output, and evidence probes
+            "follow_up_requests": result.stats.follow_up_requests,
+            "probe_requests": result.stats.probe_requests,
             "notifications_sent": result.delivery.sent,
             "notifications_waiting": result.delivery.owed,
         },
@@ -132,7 +135,10 @@ def result_text(result: CycleResult) -> str:
            if result.read_only else
            " (dry run: nothing sent, nothing saved)" if result.dry_run else ""),
         f"entries: {s.entries_read} read, {s.entries_skipped} skipped; "
-        f"{s.api_requests} API request(s); {result.delivery.sent} notification(s) sent"
+        f"{s.api_requests} API request(s)"
+        + (f" ({s.follow_up_requests} follow-up(s), {s.probe_requests} evidence probe(s))"
+           if s.follow_up_requests or s.probe_requests else "")
+        + f"; {result.delivery.sent} notification(s) sent"
         + (f", {result.delivery.failed} failed" if result.delivery.failed else "")
         + (f", {result.delivery.waiting} waiting to be retried" if result.delivery.waiting
            else ""),

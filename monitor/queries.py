@@ -6,8 +6,10 @@ quoted string literal; links are percent-encoded whole, so no log text can end t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from monitor.entries import JSON_TEXT_FIELDS
@@ -72,6 +74,56 @@ def project_clause(project: str) -> str:
             f"logName:{_q(f'projects/{project}/logs/')})")
 
 
+AUDIT_LOGS = "cloudaudit.googleapis.com"  # activity (deploys) and system_event (readiness)
+PLATFORM_LOG = "run.googleapis.com%2Fvarlog%2Fsystem"  # Cloud Run about an instance
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a cycle's one query asks for, when it reads the needles and not the haystack.
+
+    `text`: one RE2 pattern (the signals' and the migration tool's, as one alternation) searched
+    in every field the classifier reads text from (`TEXT_FIELDS`), so the server selects what
+    the classifier would match. Audit and platform entries and failed requests (5xx) are always
+    selected: deploys, readiness, instance shutdowns and the routes that failed. Successful
+    requests never are; the evidence of health is asked for by a probe (`probe_filter`).
+    """
+
+    text: str | None
+
+    def clause(self, room: int = MAX_FILTER) -> str:
+        """The selection in at most `room` characters. Many long signals repeated over every
+        text field may not fit Cloud Logging's filter limit: then every app line is selected
+        (the classifier matches them; successful requests are still left to the probes)."""
+        always = [f"logName:{_q(AUDIT_LOGS)}", f"logName:{_q(PLATFORM_LOG)}",
+                  "httpRequest.status>=500"]
+        if not self.text:
+            return "(" + " OR ".join(always) + ")"
+        matches = "(" + " OR ".join([*(f"{f}=~{_q(self.text)}" for f in TEXT_FIELDS),
+                                     *always]) + ")"
+        if len(matches) <= room:
+            return matches
+        return "(" + " OR ".join([f"NOT logName:{_q(REQUEST_LOG)}", *always]) + ")"
+
+
+def _scope(services: Sequence[str], project: str | None) -> list[str]:
+    if not services:
+        raise ValueError("a read filter needs at least one service")
+    names = " OR ".join(f"resource.labels.service_name={_q(s)}" for s in services)
+    parts = ['resource.type="cloud_run_revision"', f"({names})"]
+    if project is not None:
+        parts.append(project_clause(project))
+    return parts
+
+
+def _checked(parts: list[str]) -> str:
+    text = " AND ".join(parts)
+    if len(text) > MAX_FILTER:
+        raise ValueError(f"the read filter is {len(text)} characters, over Cloud Logging's "
+                         f"{MAX_FILTER}: watch fewer services or shorter signals per project")
+    return text
+
+
 def read_filter(
     services: Sequence[str],
     *,
@@ -81,20 +133,18 @@ def read_filter(
     received_after: datetime | None = None,
     received_before: datetime | None = None,
     request_sample: float = 1.0,
+    selection: Selection | None = None,
+    sample: float = 1.0,
 ) -> str:
-    """The one filter a check cycle reads a project with: every watched service, everything.
+    """The one filter a check cycle reads a project with: every watched service.
 
-    It selects by service and time only, never by signal: app lines (signatures, migration output
-    and the lines around them), request logs (the evidence of health, sampled when they are too
-    many) and Cloud Run's audit entries (deploys, readiness) all come back from one query, so the
-    requests per cycle are the pages read, whatever the number of signals.
+    With a `selection`, only what can change a conclusion (`Selection`); without one,
+    everything, by service and time (a file's replay and `source.select: false` read so). Either
+    way one query covers every signal: the requests per cycle are the pages read, whatever the
+    number of signals. `sample` (a flood: more matches than the budget may read) keeps that
+    fraction of the selected entries, by `sample(insertId, p)`, and the counts become estimates.
     """
-    if not services:
-        raise ValueError("read_filter needs at least one service")
-    names = " OR ".join(f"resource.labels.service_name={_q(s)}" for s in services)
-    parts = ['resource.type="cloud_run_revision"', f"({names})"]
-    if project is not None:
-        parts.append(project_clause(project))
+    parts = _scope(services, project)
     if start is not None:
         parts.append(f"timestamp>={_q(_rfc3339_exact(start))}")
     if end is not None:
@@ -105,11 +155,107 @@ def read_filter(
         parts.append(f"receiveTimestamp<{_q(_rfc3339_exact(received_before))}")
     if request_sample < 1.0:
         parts.append(f'(NOT logName:{_q(REQUEST_LOG)} OR sample(insertId, {request_sample:g}))')
-    text = " AND ".join(parts)
-    if len(text) > MAX_FILTER:
-        raise ValueError(f"the read filter is {len(text)} characters, over Cloud Logging's "
-                         f"{MAX_FILTER}: watch fewer services per project")
-    return text
+    if sample < 1.0:
+        parts.append(f"sample(insertId, {sample:g})")
+    if selection is not None:
+        parts.append(selection.clause(room=MAX_FILTER - len(" AND ".join(parts)) - 5))
+    return _checked(parts)
+
+
+# A stream's lines around its tool output: Prisma prints a block at once (a P3018 block, the
+# applied tree: milliseconds apart), each line its own entry, and the container serves nothing
+# until `migrate deploy` has finished; a second either side holds the whole block, and no more
+# than a second of the app's own lines once it serves, however busy it is.
+FOLLOW_BEFORE = timedelta(seconds=1)
+FOLLOW_AFTER = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """One (service, revision, instance) stream's lines in `[start, end]`: a follow-up read."""
+
+    service: str
+    revision: str | None
+    instance: str | None
+    start: datetime
+    end: datetime
+
+
+def follow_up_filter(streams: Sequence[Stream], *, project: str | None) -> str:
+    """The app lines of each stream within its span, in one query: the lines of multi-line
+    tool output that carry no text the selection knows (`Database error code: 42P01`)."""
+    if not streams:
+        raise ValueError("a follow-up read needs at least one stream")
+    parts = _scope(sorted({s.service for s in streams}), project)
+    parts += [f"NOT logName:{_q(REQUEST_LOG)}", f"NOT logName:{_q(AUDIT_LOGS)}",
+              f"NOT logName:{_q(PLATFORM_LOG)}"]
+    spans = []
+    for s in streams:
+        span = [f"resource.labels.service_name={_q(s.service)}"]
+        if s.revision is not None:
+            span.append(f"resource.labels.revision_name={_q(s.revision)}")
+        if s.instance is not None:
+            span.append(f"labels.instanceId={_q(s.instance)}")
+        span += [f"timestamp>={_q(_rfc3339_exact(s.start))}",
+                 f"timestamp<={_q(_rfc3339_exact(s.end))}"]
+        spans.append("(" + " AND ".join(span) + ")")
+    parts.append("(" + " OR ".join(spans) + ")")
+    # the whole read's bounds too: they let the server (and the emulator) skip to the span
+    parts += [f"timestamp>={_q(_rfc3339_exact(min(s.start for s in streams)))}",
+              f"timestamp<={_q(_rfc3339_exact(max(s.end for s in streams)))}"]
+    return _checked(parts)
+
+
+def probe_filter(service: str, *, project: str | None, since: datetime, until: datetime,
+                 successes_only: bool, asset_pattern: str | None = None,
+                 routes: Sequence[str] = (), not_revisions: Sequence[str] = (),
+                 instances: Sequence[str] = (), revisions: Sequence[str] = ()) -> str:
+    """The request logs an evidence probe asks for (`correlate.probe`): of one service, served
+    in `(since, until]`; with `successes_only`, 2xx/3xx requests, then either from one of
+    `revisions` (did a candidate fix serve at all: a static asset says it runs) or app
+    requests only (no `asset_pattern`) on `routes` (route_of's `:id` stands for any segment),
+    from a revision not in `not_revisions` or from one of `instances`. The server narrows; the
+    core still judges every entry it gets.
+    """
+    parts = _scope([service], project)
+    parts += [f"logName:{_q(REQUEST_LOG)}",
+              f"timestamp>{_q(_rfc3339_exact(since))}", f"timestamp<={_q(_rfc3339_exact(until))}"]
+    if successes_only:
+        parts += ["httpRequest.status>=200", "httpRequest.status<400"]
+        if asset_pattern and not revisions:
+            parts.append(f"NOT httpRequest.requestUrl=~{_q(asset_pattern)}")
+        if routes:
+            parts.append(f"httpRequest.requestUrl=~{_q(routes_pattern(routes))}")
+        if revisions:
+            names = " OR ".join(_q(r) for r in revisions)
+            parts.append(f"resource.labels.revision_name=({names})")
+        who = []
+        if not_revisions:
+            names = " OR ".join(_q(r) for r in not_revisions)
+            who.append(f"NOT resource.labels.revision_name=({names})")
+        if instances:
+            who.append("labels.instanceId=(" + " OR ".join(_q(i) for i in instances) + ")")
+        if who:
+            parts.append("(" + " OR ".join(who) + ")")
+    return _checked(parts)
+
+
+_RE2_SPECIAL = re.compile(r"[\\.^$|?*+()\[\]{}]")
+
+
+def re2_literal(text: str) -> str:
+    """`text` as an RE2 pattern that matches it literally."""
+    return _RE2_SPECIAL.sub(r"\\\g<0>", text)
+
+
+def routes_pattern(routes: Sequence[str]) -> str:
+    """RE2 over a `requestUrl` for the paths of `routes`: the scheme and host, then the route
+    (`:id` any one segment), then the query string or the end."""
+    def one(route: str) -> str:
+        return "/".join("[^/?#]+" if part == ":id" else re2_literal(part)
+                        for part in route.split("/"))
+    alternatives = "|".join(one(r) for r in routes)
+    return f"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)?(?:{alternatives})(?:[?#]|$)"
 
 
 def _rfc3339_exact(t: datetime) -> str:

@@ -62,6 +62,8 @@ class ReadStats:
     entries_skipped: int = 0  # malformed entries counted and skipped
     api_requests: int = 0  # Cloud Logging API calls made; always 0 for files
     cut_at: datetime | None = None  # the budget ran out after entries stamped up to here
+    follow_up_requests: int = 0  # of api_requests: reads of the lines around tool output
+    probe_requests: int = 0  # of api_requests: evidence probes (correlate.probe)
 
 
 class Read(Protocol):

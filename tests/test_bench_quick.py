@@ -19,6 +19,7 @@ SECTIONS = [
     "## Memory: one cycle over a backlog",
     "## Memory: `monitor once` replaying an export",
     "## API cost: requests per check",
+    "## Sweep: ",
     "## Memory: `monitor run` over",
     "## Detection latency: log entry to Slack",
     "## Cost of state:",

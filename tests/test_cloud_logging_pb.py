@@ -3,10 +3,13 @@
 `_from_pb` fills LogEntry field by field for speed; `reference` below is the straightforward
 conversion through `normalise` it replaced. Every kind of entry must come out equal (including
 `raw`, which LogEntry's equality leaves out but `classify.deploys` reads), or fail the same way.
+`_from_pb` builds its LogEntry through `entries.new_entry` (no dataclass `__init__`): what comes
+out must be a LogEntry like any other, every field set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +21,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from monitor.entries import LogEntry, MalformedEntry, normalise
 from monitor.sources.cloud_logging import _from_pb
+from monitor.times import TimeOutOfRange, checked_time
 
 PbLogEntry = type(LogEntryProto.pb(LogEntryProto()))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -32,7 +36,7 @@ def reference(pb: Any) -> LogEntry:
     names = {v.number: v.name for v in log_severity_pb2.LogSeverity.DESCRIPTOR.values}
 
     def time(ts: Any) -> datetime:
-        return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+        return checked_time(EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000))
 
     payload = pb.WhichOneof("payload")
     text = pb.text_payload if payload == "text_payload" else None
@@ -90,6 +94,14 @@ CASES = {
     "before the epoch": pb(timestamp="1969-12-31T23:59:59.5Z", textPayload="x"),
     "nanos out of range": with_(pb(textPayload="x"), timestamp__nanos=1_500_000_000),
     "negative nanos": with_(pb(textPayload="x"), timestamp__nanos=-5_000),
+    "first second in range": pb(timestamp="1900-01-01T00:00:00Z", textPayload="x"),
+    "last nanosecond in range": pb(timestamp="2999-12-31T23:59:59.999999999Z", textPayload="x"),
+    "nanos carried to the last second": with_(pb(timestamp="2999-12-31T23:59:58Z",
+                                                 textPayload="x"), timestamp__nanos=1_999_999_999),
+    "nanos borrowed from the first second": with_(pb(timestamp="1900-01-01T00:00:01Z",
+                                                     textPayload="x"), timestamp__nanos=-1_000),
+    "same second, other microseconds": pb(timestamp="2025-12-04T21:03:11.000001Z",
+                                          textPayload="x"),
     "json message": pb(jsonPayload={"message": "request failed", "level": "error"}),
     "json nested error": pb(jsonPayload={
         "message": "request failed",
@@ -104,6 +116,17 @@ CASES = {
                                        "none": None}),
     "json empty": pb(jsonPayload={}),
     "json error object without text": pb(jsonPayload={"error": {"code": 3}, "event": "x"}),
+    "json error object with type": pb(jsonPayload={"err": {
+        "type": "MissingSessionTableError", "message": "no table", "stack": "at z"}}),
+    "json error object, text elsewhere": pb(jsonPayload={"exception": {
+        "name": "E", "message": "", "stack": "at q"}, "msg": "failed"}),
+    "json message object": pb(jsonPayload={"message": {"message": "inner", "err": "e2"},
+                                           "msg": "outer"}),
+    "json message object without text": pb(jsonPayload={"message": {"code": 1}, "n": 2}),
+    "json error fields not strings": pb(jsonPayload={"err": 1, "error": ["a"], "stack": True,
+                                                     "exception": None, "x": "y"}),
+    "json nested error in error": pb(jsonPayload={"error": {"message": {"message": "deep"},
+                                                            "type": "T"}, "event": "e"}),
     "audit deploy": pb(logName="projects/spector-prod/logs/cloudaudit.googleapis.com%2Factivity",
                        severity="NOTICE", labels=None, protoPayload={
                            "@type": AUDIT,
@@ -120,6 +143,11 @@ CASES = {
     "request with text": pb(logName=REQUESTS, httpRequest={"status": 200}, textPayload="hi"),
     "request with json": pb(logName=REQUESTS, httpRequest={"status": 503},
                             jsonPayload={"latency": 3}),
+    "request without url": pb(logName=REQUESTS, httpRequest={"status": 204,
+                                                             "requestMethod": "POST"}),
+    "request, empty": pb(logName=REQUESTS, httpRequest={}),
+    "request with empty text": pb(logName=REQUESTS, textPayload="", httpRequest={
+        "status": 302, "requestMethod": "GET", "requestUrl": "https://x/"}),
     "labels missing": pb(labels=None, resource={"type": "cloud_run_revision"}),
     "no project label": pb(resource={"type": "cloud_run_revision", "labels": {
         "service_name": "spector", "revision_name": "spector-00042-wex"}}, textPayload="x"),
@@ -137,6 +165,50 @@ def test_fast_path_equals_normalise(name: str) -> None:
     fast, general = _from_pb(entry), reference(entry)
     assert fast == general
     assert dict(fast.raw) == dict(general.raw)
+    assert type(fast) is LogEntry and type(fast.timestamp) is datetime
+    assert fast.timestamp.tzinfo is general.timestamp.tzinfo
+    for f in dataclasses.fields(LogEntry):  # every field set, of the same type
+        assert type(getattr(fast, f.name)) is type(getattr(general, f.name)), f.name
+    assert hash(fast) == hash(general) and repr(fast) == repr(general)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.text = "changed"  # type: ignore[misc]
+
+
+OUT_OF_RANGE = {
+    "before 1900": pb(timestamp="1899-12-31T23:59:59.999999999Z", textPayload="x"),
+    "year 3000": pb(timestamp="3000-01-01T00:00:00Z", textPayload="x"),
+    "nanos carried past the last second": with_(
+        pb(timestamp="2999-12-31T23:59:59Z", textPayload="x"), timestamp__nanos=1_000_000_000),
+    "nanos borrowed before the first second": with_(pb(timestamp="1900-01-01T00:00:00Z",
+                                                       textPayload="x"), timestamp__nanos=-1),
+}
+
+
+@pytest.mark.parametrize("name", list(OUT_OF_RANGE))
+def test_a_time_out_of_range_fails_the_same_way_on_both_paths(name: str) -> None:
+    entry = OUT_OF_RANGE[name]
+    with pytest.raises(TimeOutOfRange):
+        reference(entry)
+    with pytest.raises(TimeOutOfRange):
+        _from_pb(entry)
+
+
+@pytest.mark.parametrize("seconds", [2**62, -(2**62)])
+def test_a_time_beyond_datetime_fails_as_the_source_skips_it(seconds: int) -> None:
+    entry = with_(pb(textPayload="x"), timestamp__seconds=seconds)
+    with pytest.raises(OverflowError):
+        reference(entry)
+    with pytest.raises(OverflowError):  # `_Grpc.entries` counts and skips it
+        _from_pb(entry)
+
+
+def test_times_within_one_second_are_their_own() -> None:
+    """The whole second is cached; the microseconds are each entry's."""
+    a = _from_pb(pb(timestamp="2025-12-04T21:03:11.000001Z", textPayload="x"))
+    b = _from_pb(pb(timestamp="2025-12-04T21:03:11.999999Z", textPayload="x"))
+    c = _from_pb(pb(timestamp="2025-12-04T21:03:12Z", textPayload="x"))
+    assert (a.timestamp.microsecond, b.timestamp.microsecond, c.timestamp.second) == (
+        1, 999999, 12)
 
 
 @pytest.mark.parametrize("missing", ["insert_id", "log_name"])

@@ -327,3 +327,71 @@ def test_a_grpc_page_keeps_the_good_entries_and_counts_the_rest(items: list[Any]
     for entry in got:
         assert isinstance(entry, LogEntry) and entry.insert_id and entry.log_name
         assert EARLIEST <= entry.timestamp < LATEST and isinstance(entry.text, str)
+
+
+@given(pb_entries(st.one_of(st.integers(*PB_SECONDS), int64)))
+def test_the_grpc_fast_path_equals_normalise_for_any_entry(pb: Any) -> None:
+    """`_from_pb` against the conversion through `normalise` (tests/test_cloud_logging_pb.py):
+    the same LogEntry, every field of the same type, or the same kind of failure."""
+    from tests.test_cloud_logging_pb import reference
+
+    try:
+        general = reference(pb)
+    except (MalformedEntry, ValueError, TypeError, OverflowError) as exc:
+        try:
+            _from_pb(pb)
+        except type(exc):
+            return
+        raise AssertionError(f"the general path failed ({exc!r}), the fast path did not") \
+            from exc
+    fast = _from_pb(pb)
+    assert type(fast) is LogEntry
+    assert fast == general and dict(fast.raw) == dict(general.raw)
+    assert tuple(map(type, vars_of(fast))) == tuple(map(type, vars_of(general)))
+
+
+def vars_of(entry: LogEntry) -> tuple[Any, ...]:
+    return tuple(getattr(entry, name) for name in LogEntry.__dataclass_fields__)
+
+
+def _json_message_before(payload: Any) -> str | None:
+    """`entries.json_message` as it was written first: every path walked from the payload."""
+    from collections.abc import Mapping
+
+    from monitor.entries import JSON_TEXT_FIELDS
+
+    def collect(payload: Mapping[str, Any], parts: list[str]) -> None:
+        for path in JSON_TEXT_FIELDS:
+            value: Any = payload
+            for key in path:
+                value = value.get(key) if isinstance(value, Mapping) else None
+            if isinstance(value, Mapping) and len(path) == 1:  # an error object
+                kind, message = (value.get("type") or value.get("name")), value.get("message")
+                if isinstance(kind, str) and kind and isinstance(message, str) and message:
+                    parts.append(f"{kind}: {message}")
+            elif isinstance(value, str) and value:
+                parts.append(value)
+
+    parts: list[str] = []
+    collect(payload, parts)
+    nested = payload.get("message")
+    if isinstance(nested, Mapping):
+        collect(nested, parts)
+    return "\n".join(dict.fromkeys(parts)) if parts else None
+
+
+_text_keys = st.sampled_from(["message", "msg", "stack_trace", "stack", "err", "error",
+                              "exception", "type", "name", "x", ""])
+_text_values = st.recursive(
+    st.one_of(json_scalars, st.sampled_from(["", "E", "boom", "at x"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(_text_keys, inner, max_size=5)),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(_text_keys, _text_values, max_size=7))
+def test_json_message_reads_the_text_fields_as_it_always_did(payload: dict[str, Any]) -> None:
+    from monitor.entries import json_message
+
+    assert json_message(payload) == _json_message_before(payload)

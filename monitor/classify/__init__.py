@@ -28,7 +28,18 @@ from monitor.entries import EntryKind, LogEntry
 
 # Migration output arrives as one entry per line; lines of a stream are kept for the parser only
 # around tool output, so a busy app's other lines are never buffered.
-_MIGRATION_HINTS = ("risma", "igration", "Error:", "Datasource", "DbError", "ERROR:")
+MIGRATION_HINTS = ("risma", "igration", "Error:", "Datasource", "DbError", "ERROR:")
+# The block headers only `prisma migrate` prints: where a read of the needles meets one, it reads
+# the instance's lines around it, the block's lines that name no hint (a P3018's `Database error
+# code: 42P01`, the `└─ 20251204205052_name/` of the applied tree). Not `Error:` nor `migration`:
+# an app's own errors say them (`MissingSessionTableError: ... if the migration wasn't run`), and
+# the classifier reads only the line that names a signal (classify/signals.py), so following
+# those would cost a read per error, for nothing. P1xxx: connection, P3xxx: migrate errors.
+TOOL_HINTS = ("Prisma schema loaded from", "have been applied", "Error: P1", "Error: P3")
+# What a read of the needles selects of the tool's output: its lines that name it, and the block
+# headers above (their other lines come with the follow-up). Not MIGRATION_HINTS' `Error:` and
+# `ERROR:`, which would select every error line of the app, however unrelated.
+TOOL_LINES = ("risma", "igration", "Datasource", "Error: P1", "Error: P3")
 _MIGRATION_CONTEXT = timedelta(minutes=2)
 
 StreamKey = tuple[str, str | None, str | None]
@@ -69,6 +80,19 @@ class Classifier:
         """All observations of a batch, in event time order."""
         stream = self.stream()
         return stream.feed(entries) + stream.end()
+
+    def requests(self, entries: Iterable[LogEntry]) -> list[RequestServed]:
+        """The request logs among `entries` (a probe's answer), as the stream files them."""
+        out = []
+        for e in entries:
+            if (e.kind is EntryKind.REQUEST and e.http_status is not None
+                    and e.service in self.services
+                    and (self.project is None or e.project == self.project)):
+                route, asset = self.assets.describe(e.http_url) if e.http_url else (None, False)
+                assert e.service is not None
+                out.append(RequestServed(e.timestamp, e.service, e.revision, e.http_status,
+                                         e.instance_id, route, asset))
+        return sorted(out, key=lambda r: r.at)
 
     def stream(self) -> ClassifyStream:
         """`classify` a page at a time, for a read too big to hold (a replayed export)."""
@@ -119,38 +143,46 @@ class ClassifyStream:
         ordered = in_event_order([e for e in entries if e.service in services
                                   and (project is None or e.project == project)])
         direct: list[Observation] = []
-        seen: dict[tuple[str, str], tuple[LogEntry, LogEntry]] = {}
+        # each revision's first and last entry of the page (the first's key comes first)
+        firsts: dict[tuple[str, str], LogEntry] = {}
+        lasts: dict[tuple[str, str], LogEntry] = {}
+        # one lookup each per page, not per entry: this runs for every entry read
+        add, describe, hits, parser = direct.append, c.assets.describe, c.matcher.hits, c.parser
+        request, audit, system, platform = (EntryKind.REQUEST, EntryKind.AUDIT,
+                                            EntryKind.SYSTEM, EntryKind.PLATFORM)
         for entry in ordered:
-            service = entry.service
+            service, revision, kind = entry.service, entry.revision, entry.kind
             assert service is not None
-            if entry.revision is not None:
-                key = (service, entry.revision)
-                first_last = seen.get(key)
-                seen[key] = (first_last[0] if first_last else entry, entry)
-            if entry.kind is EntryKind.REQUEST:
-                if entry.http_status is not None:
+            if revision is not None:
+                key = (service, revision)
+                if key not in firsts:
+                    firsts[key] = entry
+                lasts[key] = entry
+            if kind is request:
+                status = entry.http_status
+                if status is not None:
                     url = entry.http_url
-                    route, asset = c.assets.describe(url) if url else (None, False)
-                    direct.append(RequestServed(
-                        entry.timestamp, service, entry.revision, entry.http_status,
-                        entry.instance_id, route, asset))
+                    route, asset = describe(url) if url else (None, False)
+                    add(RequestServed(entry.timestamp, service, revision, status,
+                                      entry.instance_id, route, asset))
                 continue
-            if entry.kind is EntryKind.AUDIT or entry.kind is EntryKind.SYSTEM:
+            if kind is audit or kind is system:
                 event = deploy_event(entry)
                 if event is not None:
-                    direct.append(event)
+                    add(event)
                 continue
-            direct.extend(c.matcher.hits(entry))
-            if entry.kind is EntryKind.PLATFORM:  # Cloud Run's own lines: never tool output
+            direct.extend(hits(entry))
+            if kind is platform:  # Cloud Run's own lines: never tool output
                 stopped = instance_event(entry)
                 if stopped is not None:
-                    direct.append(stopped)
+                    add(stopped)
                 continue
-            if c.parser is not None:
-                self.tool_line((service, entry.revision, entry.instance_id), entry, c.parser)
+            if parser is not None:
+                self.tool_line((service, revision, entry.instance_id), entry, parser)
         self.hold(_DIRECT, direct)
-        for (service, revision), (first, last) in seen.items():
+        for (service, revision), first in firsts.items():
             self.hold(_SEEN, [RevisionSeen(first.timestamp, service, revision, first.location)])
+            last = lasts[service, revision]
             if last is not first:
                 self.hold(_SEEN, [RevisionSeen(last.timestamp, service, revision)])
         if ordered and (self.latest is None or ordered[-1].timestamp > self.latest):
@@ -173,7 +205,7 @@ class ClassifyStream:
         m = self.migrations.get(stream)
         if m is not None and entry.timestamp > m.until and m.reader.pending_since is not None:
             self.hold(_PARSED, m.reader.end())
-        if any(h in entry.text for h in _MIGRATION_HINTS):
+        if any(h in entry.text for h in MIGRATION_HINTS):
             until = entry.timestamp + _MIGRATION_CONTEXT
             if m is None:
                 m = self.migrations[stream] = _Migrations(parser.stream(), until)

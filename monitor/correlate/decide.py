@@ -39,6 +39,7 @@ from monitor.correlate.model import (
     RevisionFacts,
     TransitionKind,
 )
+from monitor.correlate.probe import Probe, Round
 from monitor.correlate.state import Pending, Rules, SignalRule
 from monitor.times import format_duration, minute
 
@@ -264,6 +265,43 @@ def source_read(*, ok: bool, failures: int, is_open: bool, failures_before_alert
                     f"{failures} consecutive checks could not read logs for {unit}: {error}")
 
 
+# --- probes ----------------------------------------------------------------------------------
+
+def wants_evidence(incident: Incident, rule: SignalRule, *, now: datetime,
+                   complete_until: datetime, has_request_logs: bool) -> datetime | None:
+    """The end of the span to ask about, when a decision on this incident needs evidence that
+    was not read: its quiet period has run on complete data, and what was found since its last
+    match does not show health (or the service is not yet known to write request logs). None:
+    decide with what is known."""
+    if quiet_period(incident, rule, now=now, complete_until=complete_until) is not None:
+        return None
+    until = min(now, complete_until)
+    asked = incident.probed_until
+    if asked is not None and asked >= until:
+        return None  # asked already: decide on the answer
+    if has_request_logs and not health_evidence(incident, has_request_logs)[0].holds:
+        return None
+    return until
+
+
+def probe(incident: Incident, until: datetime, asked: Round | None, *,
+          has_request_logs: bool) -> Probe | None:
+    """The next question about `incident` for the span ending at `until`: `asked` is the round
+    already answered for it in this cycle (None: none yet); None once both were answered."""
+    if asked is Round.CONTEXT:
+        return None
+    since = max(incident.last_seen, incident.probed_until or incident.last_seen)
+    if asked is None and has_request_logs:
+        stopped = all(incident.instances.values())
+        return Probe(incident.id, incident.service, since, until, Round.EVIDENCE,
+                     routes=tuple(incident.failed_routes),
+                     not_revisions=tuple(sorted(incident.revisions)),
+                     instances=tuple(sorted(incident.instances)),  # gone ones served too
+                     any_instance=stopped)
+    return Probe(incident.id, incident.service, since, until, Round.CONTEXT,
+                 look_back=not has_request_logs)
+
+
 # --- evidence --------------------------------------------------------------------------------
 
 def health_evidence(incident: Incident, has_request_logs: bool) -> tuple[Reason, datetime | None]:
@@ -317,15 +355,33 @@ def fixed_by(incident: Incident, evidence_since: datetime | None, *, has_request
     """The newest clean revision, serving since the last match, that was live when the
     quiet period began or, for an incident held open for want of evidence, when the
     evidence began: a revision that came later did not make the errors stop."""
+    candidates = [f for f in _fix_candidates(incident, evidence_since, revisions)
+                  if rev.may_be_fix(f, has_request_logs)
+                  and f.last_seen is not None and f.last_seen >= incident.last_seen]
+    return max(candidates, key=lambda f: f.live_since or incident.last_seen, default=None)
+
+
+def _fix_candidates(incident: Incident, evidence_since: datetime | None,
+                    revisions: Iterable[RevisionFacts]) -> list[RevisionFacts]:
+    """Clean revisions live in time to be the fix, whether or not they served since."""
     live_by = incident.last_seen + READY_GRACE
     if evidence_since is not None:
         live_by = max(live_by, evidence_since)
-    candidates = [
-        f for f in revisions
-        if f.errors.get(incident.signal, 0) == 0
-        and rev.may_be_fix(f, has_request_logs)
-        and f.live_since is not None
-        and f.live_since <= live_by
-        and f.last_seen is not None and f.last_seen >= incident.last_seen
-    ]
-    return max(candidates, key=lambda f: f.live_since or incident.last_seen, default=None)
+    return [f for f in revisions
+            if f.errors.get(incident.signal, 0) == 0 and f.ready is not False
+            and f.live_since is not None and f.live_since <= live_by]
+
+
+def unknown_fixes(incident: Incident, rule: SignalRule, *, now: datetime,
+                  complete_until: datetime, revisions: Iterable[RevisionFacts]) -> tuple[str, ...]:
+    """The revisions that could be named as the fix of a resolution about to be decided, but
+    whose serving since the last match was not read (a read of the needles sees no success):
+    a FIX probe asks whether they served. Empty: nothing to ask."""
+    if quiet_period(incident, rule, now=now, complete_until=complete_until) is not None:
+        return ()
+    evidence, since = health_evidence(incident, True)
+    if evidence.holds:
+        return ()
+    return tuple(sorted(f.name for f in _fix_candidates(incident, since, revisions)
+                        if f.requests_ok == 0 or f.last_seen is None
+                        or f.last_seen < incident.last_seen))

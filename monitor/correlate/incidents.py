@@ -29,6 +29,7 @@ from monitor.classify.observations import (
     MigrationOutcome,
     Observation,
     RequestServed,
+    RevisionSeen,
 )
 from monitor.correlate import decide, effects
 from monitor.correlate import revisions as rev
@@ -44,6 +45,7 @@ from monitor.correlate.model import (
     RevisionFacts,
     Transition,
 )
+from monitor.correlate.probe import MAX_PROBES_PER_CYCLE, Answer, Probe, Round
 from monitor.correlate.state import Rules, State
 
 MIGRATION_SIGNAL = "migration-failed"
@@ -76,32 +78,73 @@ def advance(
 
 class Fold:
     """`advance`, a page of observations at a time, for a cycle that cannot hold them all (a
-    replayed export): the same timers at the same event times, so the same outcome."""
+    replayed export): the same timers at the same event times, so the same outcome.
 
-    def __init__(self, state: State, *, complete_until: datetime, rules: Rules) -> None:
-        self._machine = _Machine(_copy_for_cycle(state), rules)
+    With `probing` (a cycle that reads the needles, not the haystack), a tick whose decision
+    needs evidence that was not read stops the fold and returns the `Probe`s it needs; the
+    caller answers them (`answer`) and the fold goes on from there, so every decision is made at
+    the event time it would have been made at had every request been read.
+    """
+
+    def __init__(self, state: State, *, complete_until: datetime, rules: Rules,
+                 probing: bool = False) -> None:
+        self._machine = _Machine(_copy_for_cycle(state), rules, probing)
         self._complete_until = complete_until
         self._last: datetime | None = None
+        self._rest: list[Observation] = []  # what is left of a page stopped by probes
+        self._closing: datetime | None = None  # `close`'s now, while its probes are out
+        self._wanted: list[Probe] = []
 
-    def add(self, observations: Iterable[Observation]) -> None:
-        """Observations in event order, none before one already folded."""
+    def add(self, observations: Iterable[Observation]) -> list[Probe]:
+        """Observations in event order, none before one already folded. Returns the probes
+        the fold waits for (always none without `probing`)."""
+        if self._wanted:
+            raise RuntimeError("the fold waits for the answers to its probes")
+        return self._run(list(observations))
+
+    def _run(self, observations: list[Observation]) -> list[Probe]:
         machine, complete_until, last = self._machine, self._complete_until, self._last
-        for obs in observations:
+        for i, obs in enumerate(observations):
             if last is None or obs.at > last:  # all of one instant is folded before timers run
-                machine.tick(obs.at, min(obs.at, complete_until))
+                wanted = machine.tick(obs.at, min(obs.at, complete_until), upcoming=obs)
+                if wanted:
+                    self._rest, self._wanted, self._last = observations[i:], wanted, last
+                    return wanted
                 last = obs.at
             elif obs.at < last:
                 raise ValueError(f"observation at {obs.at} folded after one at {last}")
             machine.observe(obs)
-        self._last = last
+        self._last, self._rest = last, []
+        return []
 
-    def finish(self, now: datetime, complete_until: datetime | None = None) -> Outcome:
+    def answer(self, answers: Iterable[Answer]) -> list[Probe]:
+        """The answers to the probes `add` or `close` returned; the fold goes on, and returns
+        the probes it waits for next (a second round, or a later tick's)."""
+        for a in answers:
+            self._machine.answer(a)
+        self._wanted = []
+        if self._closing is not None:
+            return self.close(self._closing)
+        return self._run(self._rest)
+
+    def close(self, now: datetime, complete_until: datetime | None = None) -> list[Probe]:
         """The last timers, at `now`. `complete_until` may be earlier than the fold's (a read
         cut short by its budget, known at the read's end), never earlier than an observation
-        folded: the data is complete only up to there."""
+        folded: the data is complete only up to there. Returns the probes it waits for."""
         if complete_until is not None:
             self._complete_until = min(self._complete_until, complete_until)
-        self._machine.tick(now, self._complete_until)
+        self._closing = now
+        self._wanted = self._machine.tick(now, self._complete_until, upcoming=None)
+        return self._wanted
+
+    def finish(self, now: datetime, complete_until: datetime | None = None) -> Outcome:
+        """`close`, for a fold that does not probe, and its outcome."""
+        if self.close(now, complete_until):
+            raise RuntimeError("a probing fold is closed with `close` and its answers")
+        return self.outcome
+
+    @property
+    def outcome(self) -> Outcome:
         return Outcome(self._machine.state, self._machine.transitions)
 
 
@@ -117,11 +160,15 @@ def _copy_for_cycle(state: State) -> State:
 class _Machine:
     """The cycle's copy of the state, the observations folded into it, the transitions so far."""
 
-    def __init__(self, state: State, rules: Rules) -> None:
+    def __init__(self, state: State, rules: Rules, probing: bool = False) -> None:
         self.state = state
         self.rules = rules
+        self.probing = probing
         self.transitions: list[Transition] = []
         self.owned: set[rev.RevisionKey] = set()  # revision facts this cycle has copied
+        # Probes of this cycle, per incident: the round answered for a span's end, and how many
+        self.asked: dict[str, tuple[datetime, Round]] = {}
+        self.probes: dict[str, int] = {}
 
     # --- applying decisions ----------------------------------------------------------------
 
@@ -151,13 +198,17 @@ class _Machine:
 
     # --- observations --------------------------------------------------------------------
 
-    def observe(self, obs: Observation) -> None:
+    def own(self, obs: Observation) -> None:
+        """Copy the revision facts `obs` is about before they change (see `_copy_for_cycle`)."""
         if obs.revision is not None:
             key = (obs.service, obs.revision)
             if key not in self.owned:
                 self.owned.add(key)
                 if key in self.state.revisions:  # shared with the caller's state: copy first
                     self.state.revisions[key] = copy.deepcopy(self.state.revisions[key])
+
+    def observe(self, obs: Observation) -> None:
+        self.own(obs)
         rev.fold(self.state.revisions, obs)
         if isinstance(obs, ErrorHit):
             self.error_hit(obs)
@@ -372,20 +423,101 @@ class _Machine:
 
     # --- timers --------------------------------------------------------------------------
 
-    def tick(self, now: datetime, complete_until: datetime) -> None:
+    def tick(self, now: datetime, complete_until: datetime, *,
+             upcoming: Observation | None = None) -> list[Probe]:
+        """The timers at `now`, before `upcoming` is folded (None: the cycle's last tick).
+
+        A probing machine first asks whatever its decisions need (and decides nothing at this
+        tick until it is answered); it asks only where the answer may matter now: before an
+        observation of the incident's service, or at the last tick.
+        """
+        if self.probing:
+            wanted = self.wanted(now, complete_until, upcoming)
+            if wanted:
+                return wanted
         for incident in list(self.state.incidents.values()):
             if incident.status is not IncidentStatus.OPEN:
                 continue
             if incident.kind is IncidentKind.SOURCE:
                 continue  # about the monitor, not the logs: source_incident.py decides it
             if incident.kind is IncidentKind.ERROR:
-                decision = decide.resolution(
-                    incident, self.rules, now=now, complete_until=complete_until,
-                    has_request_logs=incident.service in self.state.request_services,
-                    revisions=self.facts(incident.service))
+                # A probing machine decides only on evidence it has asked for: not asked yet
+                # (this tick did not need it), the decision waits for a tick that asks.
+                if not (self.probing and self.unanswered(incident, now, complete_until)):
+                    self.apply(incident, decide.resolution(
+                        incident, self.rules, now=now, complete_until=complete_until,
+                        has_request_logs=incident.service in self.state.request_services,
+                        revisions=self.facts(incident.service)), now)
             else:
-                decision = decide.migration_resolution(incident, now=now,
-                                                       revisions=self.facts(incident.service))
-            self.apply(incident, decision, now)
+                self.apply(incident, decide.migration_resolution(
+                    incident, now=now, revisions=self.facts(incident.service)), now)
             if incident.status is IncidentStatus.OPEN:
                 self.apply(incident, decide.update(incident, self.rules, now=now), now)
+        return []
+
+    # --- probes --------------------------------------------------------------------------
+
+    def unanswered(self, incident: Incident, now: datetime, complete_until: datetime) -> bool:
+        return self.question(incident, now, complete_until) is not None
+
+    def question(self, incident: Incident, now: datetime, complete_until: datetime
+                 ) -> Probe | None:
+        """What a decision on `incident` at `now` needs to ask first (None: nothing)."""
+        rule = self.rules.signals.get(incident.signal)
+        if rule is None:
+            return None
+        known = incident.service in self.state.request_services
+        asked = self.asked.get(incident.id)
+        until = decide.wants_evidence(incident, rule, now=now, complete_until=complete_until,
+                                      has_request_logs=known)
+        if until is not None:
+            return decide.probe(incident, until, asked[1] if asked and asked[0] == until
+                                else None, has_request_logs=known)
+        if not known:
+            return None
+        until = min(now, complete_until)
+        if asked == (until, Round.FIX):
+            return None
+        fixes = decide.unknown_fixes(incident, rule, now=now, complete_until=complete_until,
+                                     revisions=self.facts(incident.service))
+        return Probe(incident.id, incident.service, incident.last_seen, until, Round.FIX,
+                     revisions=fixes) if fixes else None
+
+    def wanted(self, now: datetime, complete_until: datetime,
+               upcoming: Observation | None) -> list[Probe]:
+        probes = []
+        for incident in self.state.incidents.values():
+            if incident.status is not IncidentStatus.OPEN or incident.kind is not \
+                    IncidentKind.ERROR:
+                continue
+            if upcoming is not None and (upcoming.service != incident.service
+                                         or isinstance(upcoming, RevisionSeen)
+                                         or self.probes.get(incident.id, 0)
+                                         >= MAX_PROBES_PER_CYCLE):
+                continue  # nothing about to happen to it: it can wait for a later tick
+            probe = self.question(incident, now, complete_until)
+            if probe is not None:
+                self.probes[incident.id] = self.probes.get(incident.id, 0) + 1
+                probes.append(probe)
+        return probes
+
+    def answer(self, answer: Answer) -> None:
+        """Fold what a probe found into its incident (its evidence) and into the facts."""
+        probe = answer.probe
+        self.asked[probe.incident] = (probe.until, probe.round)
+        incident = self.state.incidents.get(probe.incident)
+        if incident is None or incident.status is not IncidentStatus.OPEN:
+            return
+        for req in answer.requests:
+            self.state.request_services.add(req.service)
+            if not probe.since < req.at <= probe.until or not 200 <= req.status < 400:
+                continue  # a CONTEXT round's look back, or a failure the read already had
+            self.own(req)
+            rev.fold(self.state.revisions, req)
+            if req.at > incident.last_seen and probe.round is not Round.FIX:
+                self.count_evidence(incident, req)
+        if probe.round is Round.FIX:
+            return
+        if probe.round is Round.CONTEXT or not decide.health_evidence(
+                incident, incident.service in self.state.request_services)[0].holds:
+            incident.probed_until = probe.until

@@ -252,6 +252,7 @@ class Incident:
     evidence: dict[str, int] = field(default_factory=dict)  # Evidence value -> count since last
     evidence_since: dict[str, datetime] = field(default_factory=dict)  # ... -> the first one
     failed_routes: list[str] = field(default_factory=list)  # app routes that failed (5xx)
+    probed_until: datetime | None = None  # evidence was asked for (correlate.probe) up to here
     instances: dict[str, bool] = field(default_factory=dict)  # failing instance -> shut down
     # Notification bookkeeping, in event time (the pure core decides when to speak).
     seq: int = 0  # transitions emitted so far; (id, seq) keys the outbox
@@ -310,7 +311,7 @@ class Incident:
         """Everything, for the store (a superset of `to_json`)."""
         d = asdict(self)
         for key in ("first_seen", "last_seen", "resolved_at", "first_ok_since_last",
-                    "notified_at"):
+                    "notified_at", "probed_until"):
             d[key] = format_time(d[key])
         d["evidence_since"] = {k: format_time(t) for k, t in self.evidence_since.items()}
         d["kind"] = self.kind.value
@@ -348,6 +349,7 @@ class Incident:
             evidence_since={k: t for k, v in d.get("evidence_since", {}).items()
                             if (t := _t(v)) is not None},
             failed_routes=list(d.get("failed_routes", [])),
+            probed_until=_t(d.get("probed_until")),
             instances={k: bool(v) for k, v in d.get("instances", {}).items()},
             seq=int(d.get("seq", 0)),
             notified_count=int(d.get("notified_count", 0)),

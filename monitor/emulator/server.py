@@ -17,6 +17,8 @@ Rules:
   next requests (past the client's deadline, that is DEADLINE_EXCEEDED on the client side).
 - Every ListLogEntries call is counted and logged (`requests`, `request_log`), failed ones too;
   `reset_counters()` starts the count again.
+- It serves any store with EntryStore's `query` (`LogStore`): an EntryStore by default, or a
+  `SyntheticStore` that makes its traffic on the fly (synthetic.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
 import grpc
@@ -98,12 +101,31 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-class Emulator:
+class LogStore(Protocol):
+    """What the servers need of a store: one page of a ListLogEntries read (EntryStore.query)."""
+
+    def query(self, resource_names: Sequence[str], filter: str = "", order_by: str = "",
+              page_size: int = 0, page_token: str = "") -> tuple[list[StoredEntry], str]: ...
+
+
+S = TypeVar("S", bound=LogStore)
+
+
+class Emulator(Generic[S]):
     """A local Cloud Logging read API; a context manager that starts and stops both servers."""
 
-    def __init__(self, store: EntryStore | None = None, *, grpc_port: int = 0, rest: bool = True,
+    @overload
+    def __init__(self: Emulator[EntryStore], store: None = None, *, grpc_port: int = 0,
+                 rest: bool = True, rest_port: int = 0, max_workers: int = 8) -> None: ...
+
+    @overload
+    def __init__(self, store: S, *, grpc_port: int = 0, rest: bool = True, rest_port: int = 0,
+                 max_workers: int = 8) -> None: ...
+
+    def __init__(self, store: Any = None, *, grpc_port: int = 0, rest: bool = True,
                  rest_port: int = 0, max_workers: int = 8) -> None:
-        self.store = store if store is not None else EntryStore()
+        # the overloads say which: an EntryStore when none is given
+        self.store: S = cast(S, store if store is not None else EntryStore())
         self._grpc_port = grpc_port
         self._rest_port = rest_port if rest else None
         self._max_workers = max_workers
@@ -119,7 +141,7 @@ class Emulator:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> Emulator:
+    def start(self) -> Emulator[S]:
         self._stopping.clear()
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "ListLogEntries": grpc.unary_unary_rpc_method_handler(
@@ -154,7 +176,7 @@ class Emulator:
             self._http_thread.join(timeout=5)
             self._http_thread = None
 
-    def __enter__(self) -> Emulator:
+    def __enter__(self) -> Emulator[S]:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -257,7 +279,7 @@ class _RestHandler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != "/v2/entries:list":
             self._error(grpc.StatusCode.NOT_FOUND, f"no such method: POST {self.path}")
             return
-        emulator: Emulator = self.server.emulator  # type: ignore[attr-defined]
+        emulator: Emulator[Any] = self.server.emulator  # type: ignore[attr-defined]
         try:
             req = json.loads(body or b"{}")
             if not isinstance(req, dict):

@@ -6,11 +6,23 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from monitor.classify import TOOL_HINTS, TOOL_LINES
+from monitor.classify.requests import AssetRule
 from monitor.config import Config, Target
+from monitor.queries import Selection, re2_literal
 from monitor.sources.base import Source, SourceError
 from monitor.sources.budget import RateLimiter
 
-__all__ = ["Source", "SourceError", "build"]
+__all__ = ["Source", "SourceError", "build", "selection"]
+
+
+def selection(config: Config) -> Selection:
+    """What a cycle's query selects for `config`: its signals' patterns and the migration
+    tool's output, as one RE2 alternation (the signals are RE2, as the server's `=~` is)."""
+    texts = [f"(?:{s.match.pattern})" for s in config.signals]
+    if config.migrations.tool == "prisma":
+        texts += [re2_literal(h) for h in TOOL_LINES]
+    return Selection("|".join(texts) or None)
 
 
 def build(config: Config, unit: Target, limiter: RateLimiter | None = None,
@@ -25,7 +37,11 @@ def build(config: Config, unit: Target, limiter: RateLimiter | None = None,
     from monitor.sources.cloud_logging import CloudLoggingSource
 
     assert unit.project is not None  # the config requires it for cloud_logging
+    hints = TOOL_HINTS if config.migrations.tool == "prisma" else ()
     return CloudLoggingSource(
+        selection=selection(config) if config.source.select else None,
+        follow_hints=hints,
+        asset_pattern=AssetRule(config.evidence.ignore_paths).pattern(),
         project=unit.project,
         services=unit.services,
         transport=config.source.transport,

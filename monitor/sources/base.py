@@ -19,8 +19,9 @@ Contract of `read`:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from monitor.correlate.probe import Probe
 from monitor.entries import LogEntry
 from monitor.window import ReadStats, Window
 
@@ -37,3 +38,15 @@ class Source(Protocol):
     live: bool
 
     def read(self, window: Window, stats: ReadStats) -> Iterator[LogEntry]: ...
+
+
+@runtime_checkable
+class Probing(Source, Protocol):
+    """A source that can read the needles only (then `selective`), and answers the evidence
+    probes the core asks (`correlate.probe`): one small page of the request logs each. A source
+    that wraps another (leadership's guard) forwards both, or a cycle through it would read the
+    needles and never ask for the evidence of health."""
+
+    selective: bool
+
+    def probe(self, probe: Probe, stats: ReadStats) -> tuple[list[LogEntry], bool]: ...

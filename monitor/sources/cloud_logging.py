@@ -33,8 +33,10 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from monitor.correlate.probe import PROBE_PAGE, Probe, Round
 from monitor.entries import (
     JSON_TEXT_KEYS,
+    EntryKind,
     LogEntry,
     MalformedEntry,
     Origin,
@@ -42,9 +44,18 @@ from monitor.entries import (
     from_json,
     json_message,
     json_text,
+    new_entry,
     origin,
 )
-from monitor.queries import read_filter
+from monitor.queries import (
+    FOLLOW_AFTER,
+    FOLLOW_BEFORE,
+    Selection,
+    Stream,
+    follow_up_filter,
+    probe_filter,
+    read_filter,
+)
 from monitor.sources.base import SourceError
 from monitor.sources.budget import RateLimiter, backoff
 from monitor.times import checked_time
@@ -147,11 +158,11 @@ class _Grpc:
         except DefaultCredentialsError as exc:
             raise CredentialsError(_NO_CREDENTIALS) from exc
 
-    def page(self, filter_: str, token: str | None) -> Page:
+    def page(self, filter_: str, token: str | None, page_size: int = PAGE_SIZE) -> Page:
         from google.cloud.logging_v2.types import ListLogEntriesResponse
 
         request = {"resource_names": [f"projects/{self.project}"], "filter": filter_,
-                   "order_by": "timestamp asc", "page_size": PAGE_SIZE}
+                   "order_by": "timestamp asc", "page_size": page_size}
         if token:
             request["page_token"] = token
         try:
@@ -165,6 +176,7 @@ class _Grpc:
 
     def entries(self, page: Page) -> tuple[list[LogEntry], int]:
         """The page's well-formed entries, and how many were skipped."""
+        _hand_over()
         entries, skipped = [], 0
         for pb in page.items:
             try:
@@ -182,21 +194,40 @@ _NO_CREDENTIALS = (
 )
 
 
+def _hand_over() -> None:
+    """Let the helper thread send the next page's request now, before a page is converted.
+
+    `entries` runs right after that request is handed to the helper (`_read`), and converting
+    and consuming a page hold the GIL for milliseconds: the helper would wait for the
+    interpreter's switch interval (5 ms) before it could send the request, and the server's
+    time would then follow the cycle's work instead of overlapping it (a third of a 100,000
+    entry cycle's time, bench/throughput.py). A zero sleep releases the GIL once: the helper
+    takes it, sends the request and releases it while it waits for the answer.
+    """
+    time.sleep(0)
+
+
 @functools.lru_cache(maxsize=4096)  # entries come in time order: a page spans few seconds
-def _second(seconds: int) -> datetime:
-    return EPOCH + timedelta(seconds=seconds)
+def _second(seconds: int) -> tuple[int, int, int, int, int, int]:
+    """A whole second since the epoch as (year, month, day, hour, minute, second), checked
+    (`times.checked_time`): EARLIEST and LATEST are whole seconds, so any instant within the
+    second is in range exactly when the second is."""
+    t = checked_time(EPOCH + timedelta(seconds=seconds))
+    return t.year, t.month, t.day, t.hour, t.minute, t.second
 
 
 def _pb_time(ts: Any) -> datetime:
-    """A protobuf Timestamp to aware UTC, cut (not rounded) to microseconds.
+    """A protobuf Timestamp to aware UTC, cut (not rounded) to microseconds, checked
+    (`times.checked_time`: TimeOutOfRange outside EARLIEST .. LATEST).
 
-    Two per entry, so the whole second is cached and only the microseconds are set; a `nanos`
-    out of protobuf's range takes the general arithmetic, which carries it into the seconds.
+    One per entry, so the whole second's calendar fields are cached and the datetime is made
+    from them at once (a third of `replace`'s cost); a `nanos` out of protobuf's range takes
+    the general arithmetic, which carries it into the seconds.
     """
     nanos = ts.nanos
     if 0 <= nanos < 1_000_000_000:
-        return _second(ts.seconds).replace(microsecond=nanos // 1000)
-    return EPOCH + timedelta(seconds=ts.seconds, microseconds=nanos // 1000)
+        return datetime(*_second(ts.seconds), nanos // 1000, UTC)
+    return checked_time(EPOCH + timedelta(seconds=ts.seconds, microseconds=nanos // 1000))
 
 
 def _severity_names() -> dict[int, str]:
@@ -243,8 +274,9 @@ def _from_pb(pb: Any) -> LogEntry:
     """A raw `google.logging.v2.LogEntry` to LogEntry, equal to what `entries.normalise` makes.
 
     Filled directly from the protobuf fields rather than through `normalise`'s keyword
-    arguments: this runs for every entry read and was a third of a cycle's time. Only an audit
-    payload is converted whole (`raw["protoPayload"]`, which `classify.deploys` reads).
+    arguments, each field read once, into `entries.new_entry` (no frozen dataclass `__init__`):
+    this runs for every entry read and was a third of a cycle's time. Only an audit payload is
+    converted whole (`raw["protoPayload"]`, which `classify.deploys` reads).
     """
     if not _severity:
         _severity.update(_severity_names())
@@ -255,6 +287,8 @@ def _from_pb(pb: Any) -> LogEntry:
     raw: dict[str, Any] = {}
     if payload == "text_payload":
         text = pb.text_payload
+    elif payload is None:
+        text = ""
     elif payload == "json_payload":
         text = _struct_text(pb.json_payload)
     elif payload == "proto_payload":
@@ -271,16 +305,16 @@ def _from_pb(pb: Any) -> LogEntry:
     http_status: int | None = None
     http_url: str | None = None
     if pb.HasField("http_request"):
-        http_status = pb.http_request.status
-        http_url = pb.http_request.request_url or None
-        # as `entries.normalise` words it
-        text = text or f"{pb.http_request.request_method} {http_url or ''} {http_status}".strip()
+        http = pb.http_request
+        http_status = http.status
+        http_url = http.request_url or None
+        if not text:  # as `entries.normalise` words it
+            text = f"{http.request_method} {http_url or ''} {http_status}".strip()
     where = _origin(log_name, pb.resource.SerializeToString())
-    return LogEntry(
-        insert_id, log_name, checked_time(_pb_time(pb.timestamp)),
-        _severity.get(pb.severity, "DEFAULT"), where.kind, where.project, where.service,
-        where.revision, pb.labels.get("instanceId") or None, text, http_status, raw,
-        where.location, http_url,
+    return new_entry(
+        insert_id, log_name, _pb_time(pb.timestamp), _severity.get(pb.severity, "DEFAULT"),
+        where.kind, where.project, where.service, where.revision,
+        pb.labels.get("instanceId") or None, text, http_status, raw, where.location, http_url,
     )
 
 
@@ -303,12 +337,12 @@ class _Rest:
             raise CredentialsError(_NO_CREDENTIALS) from exc
         self.session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
 
-    def page(self, filter_: str, token: str | None) -> Page:
+    def page(self, filter_: str, token: str | None, page_size: int = PAGE_SIZE) -> Page:
         import requests
 
         body: dict[str, Any] = {"resourceNames": [f"projects/{self.project}"],
                                 "filter": filter_, "orderBy": "timestamp asc",
-                                "pageSize": PAGE_SIZE}
+                                "pageSize": page_size}
         if token:
             body["pageToken"] = token
         try:
@@ -330,6 +364,7 @@ class _Rest:
 
     def entries(self, page: Page) -> tuple[list[LogEntry], int]:
         """The page's well-formed entries, and how many were skipped."""
+        _hand_over()
         entries, skipped = [], 0
         for n, obj in enumerate(page.items):
             try:
@@ -357,6 +392,9 @@ class CloudLoggingSource:
         retry_for: timedelta = timedelta(seconds=30),
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        selection: Selection | None = None,
+        follow_hints: Sequence[str] = (),
+        asset_pattern: str | None = None,
     ) -> None:
         self.project = project
         self.services = list(services)
@@ -366,6 +404,12 @@ class CloudLoggingSource:
         self.retry_for = retry_for.total_seconds()
         self.sleep = sleep
         self.clock = clock
+        # Reading the needles (queries.Selection): evidence comes from probes, and tool output
+        # split over lines is completed by a follow-up read around the lines that name the tool.
+        self.selection = selection
+        self.selective = selection is not None
+        self.follow_hints = tuple(follow_hints)
+        self.asset_pattern = asset_pattern
         pages: type[_Grpc] | type[_Rest] = _Grpc if transport == "grpc" else _Rest
         if transport == "rest" and api_endpoint and not api_endpoint.startswith("http"):
             api_endpoint = f"http://{api_endpoint}"
@@ -375,22 +419,95 @@ class CloudLoggingSource:
         return read_filter(
             self.services, project=self.project, start=window.start, end=window.end,
             received_after=window.received_after, received_before=window.received_before,
-            request_sample=self.request_sample,
+            request_sample=self.request_sample if self.selection is None else 1.0,
+            selection=self.selection,
         )
 
     def read(self, window: Window, stats: ReadStats) -> Iterator[LogEntry]:
-        filter_ = self.filter_for(window)
+        """The window's entries in timestamp order: everything, or (with a selection) the
+        needles and the follow-up lines around tool output, merged in timestamp order."""
+        if self.selection is None:
+            yield from self._read(self.filter_for(window), stats, self.max_pages)
+            return
+        main = list(self._read(self.filter_for(window), stats, self.max_pages))
+        streams = self._streams(main, until=stats.cut_at or window.end)
+        if not streams:
+            yield from main
+            return
+        more = ReadStats()
+        try:
+            for chunk in range(0, len(streams), FOLLOW_STREAMS):
+                if more.api_requests >= FOLLOW_PAGES:
+                    break
+                main.extend(self._read(
+                    follow_up_filter(streams[chunk:chunk + FOLLOW_STREAMS],
+                                     project=self.project),
+                    more, FOLLOW_PAGES - more.api_requests))
+        finally:
+            stats.api_requests += more.api_requests
+            stats.entries_read += more.entries_read
+            stats.entries_skipped += more.entries_skipped
+            stats.follow_up_requests += more.api_requests
+        main.sort(key=_event_order)
+        yield from main
+
+    def _streams(self, entries: Sequence[LogEntry], until: datetime | None) -> list[Stream]:
+        """Where the read met tool output: each (service, revision, instance) stream's spans of
+        lines that name the tool, widened by `FOLLOW_BEFORE`/`FOLLOW_AFTER`, never past what
+        this read covers (`until`: its end, or where its budget cut it)."""
+        hints = self.follow_hints
+        times: dict[tuple[str, str | None, str | None], list[datetime]] = {}
+        for e in entries:
+            if e.kind is EntryKind.APP and e.service is not None \
+                    and any(h in e.text for h in hints):
+                times.setdefault((e.service, e.revision, e.instance_id), []).append(e.timestamp)
+        spans: list[Stream] = []
+        for (service, revision, instance), stamps in times.items():
+            start = end = stamps[0]
+            for t in [*stamps[1:], None]:
+                if t is not None and t - end <= 2 * FOLLOW_AFTER:
+                    end = t
+                    continue
+                last = end + FOLLOW_AFTER if until is None else min(end + FOLLOW_AFTER, until)
+                spans.append(Stream(service, revision, instance, start - FOLLOW_BEFORE, last))
+                if t is not None:
+                    start = end = t
+        return sorted(spans, key=lambda s: s.start)
+
+    def probe(self, probe: Probe, stats: ReadStats) -> tuple[list[LogEntry], bool]:
+        """One page (`PROBE_PAGE`) of the request logs a probe asks for, and whether it was
+        full: the evidence of health, asked for when a decision needs it (correlate.probe)."""
+        evidence = probe.round is Round.EVIDENCE
+        filter_ = probe_filter(
+            probe.service, project=self.project, since=probe.reads_from, until=probe.until,
+            successes_only=probe.round is not Round.CONTEXT, asset_pattern=self.asset_pattern,
+            revisions=probe.revisions,
+            routes=probe.routes if evidence else (),
+            not_revisions=probe.not_revisions if evidence and not probe.any_instance else (),
+            instances=probe.instances if evidence and not probe.any_instance else ())
+        more = ReadStats()
+        try:
+            entries = list(self._read(filter_, more, 1, page_size=PROBE_PAGE))
+        finally:
+            stats.api_requests += more.api_requests
+            stats.probe_requests += more.api_requests
+            stats.entries_skipped += more.entries_skipped
+        return entries, more.cut_at is not None
+
+    def _read(self, filter_: str, stats: ReadStats, max_pages: int,
+              page_size: int = PAGE_SIZE) -> Iterator[LogEntry]:
         last: datetime | None = None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging-read")
         try:
             # `pending`: the request for the page after the one being consumed (see the rules)
-            pending = ahead.submit(self._fetch, filter_, None, stats) if self.max_pages else None
-            for pages in range(1, self.max_pages + 1):
+            pending = ahead.submit(self._fetch, filter_, None, stats, page_size) \
+                if max_pages else None
+            for pages in range(1, max_pages + 1):
                 assert pending is not None
                 page = pending.result()  # raises the request's failure, after earlier pages
-                more = page.next_token is not None and pages < self.max_pages
-                pending = ahead.submit(self._fetch, filter_, page.next_token, stats) if more \
-                    else None
+                more = page.next_token is not None and pages < max_pages
+                pending = ahead.submit(self._fetch, filter_, page.next_token, stats,
+                                       page_size) if more else None
                 entries, skipped = self._pages.entries(page)
                 stats.entries_read += len(entries)
                 stats.entries_skipped += skipped
@@ -403,19 +520,20 @@ class CloudLoggingSource:
             # of the window waits for the next cycle.
             stats.cut_at = last
             log.info("projects/%s: read budget of %d pages spent at %s; continuing next cycle",
-                     self.project, self.max_pages, last)
+                     self.project, max_pages, last)
         finally:
             # A reader that stops early (shutdown) does not wait for a request still in flight.
             ahead.shutdown(wait=False, cancel_futures=True)
 
-    def _fetch(self, filter_: str, token: str | None, stats: ReadStats) -> Page:
+    def _fetch(self, filter_: str, token: str | None, stats: ReadStats,
+               page_size: int = PAGE_SIZE) -> Page:
         deadline = self.clock() + self.retry_for
         delays = backoff(1.0, 16.0)
         while True:
             self.limiter.acquire()
             stats.api_requests += 1
             try:
-                return self._pages.page(filter_, token)
+                return self._pages.page(filter_, token, page_size)
             except ApiError as exc:
                 if not exc.retryable:
                     raise
@@ -429,3 +547,12 @@ class CloudLoggingSource:
                 log.warning("projects/%s: %s; retrying in %.1fs", self.project, exc, delay)
                 self.sleep(delay)
 
+
+def _event_order(entry: LogEntry) -> tuple[datetime, str]:
+    return (entry.timestamp, entry.insert_id)
+
+
+# Follow-up reads of a cycle: pages in all, and streams per query (a span is ~250 characters of
+# filter; Cloud Logging's limit is 20,000).
+FOLLOW_PAGES = 3
+FOLLOW_STREAMS = 40

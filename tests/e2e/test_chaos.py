@@ -259,8 +259,11 @@ def test_three_instances_survive_kills_pauses_and_a_rolling_restart(tmp_path, pg
         gaps = []
         closest: tuple[float, str, RequestRecord, RequestRecord] | None = None
         for unit in UNITS:
+            # a cycle's main read (its window ends at the cycle's clock); its follow-ups and
+            # evidence probes, moments later, are part of the same cycle
             reads = sorted((r for r in emu.request_log
-                            if r.page == 0 and r.resource_names == (f"projects/{unit}",)),
+                            if r.page == 0 and r.resource_names == (f"projects/{unit}",)
+                            and "receiveTimestamp<" in r.filter),
                            key=lambda r: r.at)
             for a, b in itertools.pairwise(reads):
                 gaps.append(b.at - a.at)

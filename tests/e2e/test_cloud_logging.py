@@ -8,6 +8,7 @@ the file replay of the same entries.
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from monitor import sources
 from monitor.check import run_cycle
 from monitor.cli import main
 from monitor.config import parse_config
@@ -243,31 +245,88 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
 def test_once_against_the_emulator_matches_the_file_replay(tmp_path, emulator, transport):
+    """The spector story, read three ways: the needles (the default), everything
+    (`select: false`) and the file replay. The same conclusions, from a fraction of the entries."""
     entries = json.loads(EXPORT.read_text())
     emulator.store.load(EXPORT)  # received as the export says: a few ms after each was written
     end = "2025-12-13T02:30:00Z"  # past the last entry by more than max_lateness
     common = ("services: [spector]\nproject: spector-prod\n"
               "signals: [{name: missing-session-table, match: MissingSessionTableError}]\n")
     endpoint = emulator.grpc_endpoint if transport == "grpc" else emulator.rest_endpoint
-    live = write(tmp_path, "live.yaml", common + (
-        f"source: {{type: cloud_logging, transport: {transport}, api_endpoint: '{endpoint}'}}\n"
-        f"state: {{url: 'sqlite:///{tmp_path}/live.db'}}\n"))
+    docs = {}
+    for name, select in (("needles", "true"), ("everything", "false")):
+        live = write(tmp_path, f"{name}.yaml", common + (
+            f"source: {{type: cloud_logging, transport: {transport}, api_endpoint: '{endpoint}',"
+            f" select: {select}}}\nstate: {{url: 'sqlite:///{tmp_path}/{name}.db'}}\n"))
+        run = CliRunner().invoke(main, ["once", "--config", str(live), "--format", "json",
+                                        "--now", end, "--since", "10d"])
+        assert run.exit_code == 0, run.output
+        docs[name] = json.loads(run.stdout)
     replay = write(tmp_path, "replay.yaml", common + (
         f"source: {{type: file, path: '{EXPORT}'}}\n"
         f"state: {{url: 'sqlite:///{tmp_path}/replay.db'}}\n"))
-    runner = CliRunner()
-    a = runner.invoke(main, ["once", "--config", str(live), "--format", "json", "--now", end,
-                             "--since", "10d"])
-    b = runner.invoke(main, ["once", "--config", str(replay), "--format", "json", "--now", end])
-    assert a.exit_code == 0, a.output
+    b = CliRunner().invoke(main, ["once", "--config", str(replay), "--format", "json",
+                                  "--now", end])
     assert b.exit_code == 0, b.output
-    live_doc, replay_doc = json.loads(a.stdout), json.loads(b.stdout)
-    assert conclusions(live_doc) == conclusions(replay_doc)
-    assert len(conclusions(live_doc)) == 2
-    assert live_doc["stats"]["api_requests"] == 2  # 1,601 entries: two pages
-    # the filter reads the watched service only: spector-worker's entries never leave the API
+    replay_doc = json.loads(b.stdout)
+    assert conclusions(docs["needles"]) == conclusions(replay_doc)
+    assert conclusions(docs["everything"]) == conclusions(replay_doc)
+    assert len(conclusions(replay_doc)) == 2
+    # reading everything: the filter reads the watched service only (spector-worker's entries
+    # never leave the API), 1,601 entries in two pages
     spector = [e for e in entries if e["resource"]["labels"]["service_name"] == "spector"]
-    assert live_doc["stats"]["entries_read"] == len(spector)
+    assert docs["everything"]["stats"]["entries_read"] == len(spector)
+    assert docs["everything"]["stats"]["api_requests"] == 2
+    # the needles: one page of matches, migration output, deploys and failed requests, the
+    # lines around Prisma's blocks, and the evidence of health asked for in a small probe
+    stats = docs["needles"]["stats"]
+    served = [e for e in spector if e.get("httpRequest", {}).get("status", 500) < 400]
+    assert len(served) > 100  # requests served: only probes read any of them
+    assert stats["entries_read"] <= len(spector) - len(served) + stats["probe_requests"] * 50
+    assert stats["api_requests"] == 1 + stats["follow_up_requests"] + stats["probe_requests"]
+    assert stats["follow_up_requests"] >= 1 and stats["probe_requests"] >= 1
+
+
+def test_the_spector_story_cycle_by_cycle_reads_the_needles_and_concludes_the_same(
+        tmp_path, emulator):
+    """As `monitor run` polls: a cycle every five minutes across the fix (13 December, 00:00 to
+    02:30), after one that caught up on the eight days before. Reading the needles and asking
+    for evidence tells the same transitions, at the same event times, as reading everything."""
+    emulator.store.load(EXPORT)
+    told, stores = {}, {}
+    for select in (True, False):
+        cfg = parse_config({
+            "project": PROJECT, "services": ["spector"],
+            "source": {"type": "cloud_logging", "api_endpoint": emulator.grpc_endpoint,
+                       "select": select, "max_pages_per_cycle": 100},
+            "signals": [{"name": "missing-session-table", "match": "MissingSessionTableError"}],
+            "poll": {"max_lateness": "10m"},
+        }, env={})
+        store = stores[select] = SQLiteStore(str(tmp_path / f"{select}.db"))
+        src = sources.build(cfg, cfg.units[0], RateLimiter(10**6))
+        start = datetime(2025, 12, 13, 0, 0, tzinfo=UTC)
+        told[select] = []
+        requests = []
+        for now in [start, *(start + timedelta(minutes=5 * k) for k in range(1, 31))]:
+            result = run_cycle(cfg, store, src, ConsoleNotifier(io.StringIO()),
+                               unit=PROJECT, services=["spector"], project=PROJECT, now=now,
+                               default_lookback=timedelta(days=10))
+            assert result.error is None
+            requests.append(result.stats.api_requests)
+            # an update is told at a tick (see tests/test_probes.py): compared by its cycle
+            told[select] += [(now, t.kind.value, t.incident.id, t.incident.resolved_by,
+                              None if t.kind.value == "updated" else t.at)
+                             for t in result.transitions]
+        if select:
+            assert max(requests[1:]) <= 4  # a page, a follow-up, two probes at the most
+    assert told[True] == told[False]
+    resolved = [(i, by) for _, k, i, by, _ in told[True] if k == "resolved"]
+    assert resolved == [("spector:migration-failed:20251205T031014Z", "spector-00044-mop"),
+                        ("spector:missing-session-table:20251204T210308Z", "spector-00044-mop")]
+    final = {s: {i.id: (i.status, i.count, i.introduced_by, i.resolved_by, i.resolved_at,
+                        tuple(i.suspect_migrations))
+                 for i in st.load_state().incidents.values()} for s, st in stores.items()}
+    assert final[True] == final[False]
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
