@@ -8,6 +8,7 @@ as entries of their own is not confirmed, so every fixture is parsed both with a
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -221,3 +222,35 @@ def test_wrapper_prints_the_block_twice(name: str) -> None:
     failed = [e for e in parse(lines) if e.outcome.run_failed]
     assert len(failed) == 1
     assert (failed[0].name, failed[0].code) == (LOWER, "P3018")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("spacing", [0.01, 0.3])
+def test_a_read_of_the_needles_gets_every_line_the_parser_needs(name: str, spacing: float) -> None:
+    """What a selective read keeps of each run: the lines the query selects (TOOL_LINES, as the
+    server's RE2 evaluates it: the emulator's matcher), and those a follow-up reads, one second
+    either side of a block header (TOOL_HEADERS). The parser must conclude the same from them.
+    Lines `spacing` seconds apart: a block printed at once, or line by line."""
+    from monitor.classify import TOOL_HEADERS, TOOL_LINES
+    from monitor.queries import FOLLOW_AFTER, FOLLOW_BEFORE
+    from monitor.regex import compile_regex
+
+    selects = compile_regex(TOOL_LINES)
+    entries = [replace(e, timestamp=T0 + timedelta(seconds=spacing * i))
+               for i, e in enumerate(stream(lines_of(name)))]
+    headers = [e.timestamp for e in entries if TOOL_HEADERS.search(e.text)]
+    kept = [e for e in entries if selects.search(e.text) or any(
+        h - FOLLOW_BEFORE <= e.timestamp <= h + FOLLOW_AFTER for h in headers)]
+    assert summary(PrismaParser().parse(kept)) == EXPECTED[name]
+    assert headers  # every run has a header to follow
+
+
+def test_an_apps_own_errors_are_not_read_as_tool_output() -> None:
+    from monitor.classify import TOOL_HEADERS, TOOL_LINES
+    from monitor.regex import compile_regex
+
+    app = ["MissingSessionTableError: Prisma session table does not exist. This could happen if "
+           "the migration wasn't run. Please ensure the migration has been run.",
+           "Error: Permission denied", "TypeError: Cannot read properties of undefined",
+           "PrismaClientKnownRequestError: Invalid `prisma.session.findUnique()` invocation"]
+    assert not any(compile_regex(TOOL_LINES).search(t) or TOOL_HEADERS.search(t) for t in app)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,17 +30,21 @@ from monitor.entries import EntryKind, LogEntry
 # Migration output arrives as one entry per line; lines of a stream are kept for the parser only
 # around tool output, so a busy app's other lines are never buffered.
 MIGRATION_HINTS = ("risma", "igration", "Error:", "Datasource", "DbError", "ERROR:")
-# The block headers only `prisma migrate` prints: where a read of the needles meets one, it reads
-# the instance's lines around it, the block's lines that name no hint (a P3018's `Database error
-# code: 42P01`, the `└─ 20251204205052_name/` of the applied tree). Not `Error:` nor `migration`:
-# an app's own errors say them (`MissingSessionTableError: ... if the migration wasn't run`), and
-# the classifier reads only the line that names a signal (classify/signals.py), so following
-# those would cost a read per error, for nothing. P1xxx: connection, P3xxx: migrate errors.
-TOOL_HINTS = ("Prisma schema loaded from", "have been applied", "Error: P1", "Error: P3")
-# What a read of the needles selects of the tool's output: its lines that name it, and the block
-# headers above (their other lines come with the follow-up). Not MIGRATION_HINTS' `Error:` and
-# `ERROR:`, which would select every error line of the app, however unrelated.
-TOOL_LINES = ("risma", "igration", "Datasource", "Error: P1", "Error: P3")
+# What a read of the needles selects of `prisma migrate` output (an RE2 pattern, as the server's
+# `=~`; Python's `re` reads it alike): the lines only the CLI prints, with its ANSI colours
+# (FORCE_COLOR) allowed between `Error:` and the code (tests/data/real/prisma). Not the words
+# `prisma`, `migration` or `Error:`: an app's own errors say them (`MissingSessionTableError:
+# Prisma session table does not exist ... if the migration wasn't run`), and they would be read
+# whole in a flood of them.
+_ANSI = r"(?:\x1b\[[0-9;]*m)*"
+TOOL_LINES = (rf"Prisma schema loaded from|Datasource|migrations? found in|Applying migration"
+              rf"|have been applied|successfully applied|No pending migrations"
+              rf"|Error: {_ANSI}P[13][0-9]{{3}}|Migration name:|marked as (?:rolled back|applied)"
+              rf"|migration started at|[└├]─+ [0-9]+_")  # the applied tree's names
+# Where the read meets one of these block headers, it reads the instance's lines around it: the
+# block's lines that name nothing above (a P3018's `Database error code: 42P01`, a P3005's
+# explanation). P1xxx: connection, P3xxx: migrate.
+TOOL_HEADERS = re.compile(rf"Prisma schema loaded from|have been applied|Error: {_ANSI}P[13]")
 _MIGRATION_CONTEXT = timedelta(minutes=2)
 
 StreamKey = tuple[str, str | None, str | None]

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from monitor.classify import TOOL_HINTS, TOOL_LINES
+from monitor.classify import TOOL_HEADERS, TOOL_LINES
 from monitor.classify.requests import AssetRule
 from monitor.config import Config, Target
-from monitor.queries import Selection, re2_literal
+from monitor.queries import Selection
 from monitor.sources.base import Source, SourceError
 from monitor.sources.budget import RateLimiter
 
@@ -21,7 +21,7 @@ def selection(config: Config) -> Selection:
     tool's output, as one RE2 alternation (the signals are RE2, as the server's `=~` is)."""
     texts = [f"(?:{s.match.pattern})" for s in config.signals]
     if config.migrations.tool == "prisma":
-        texts += [re2_literal(h) for h in TOOL_LINES]
+        texts.append(f"(?:{TOOL_LINES})")
     return Selection("|".join(texts) or None)
 
 
@@ -37,7 +37,7 @@ def build(config: Config, unit: Target, limiter: RateLimiter | None = None,
     from monitor.sources.cloud_logging import CloudLoggingSource
 
     assert unit.project is not None  # the config requires it for cloud_logging
-    hints = TOOL_HINTS if config.migrations.tool == "prisma" else ()
+    hints = TOOL_HEADERS if config.migrations.tool == "prisma" else None
     return CloudLoggingSource(
         selection=selection(config) if config.source.select else None,
         follow_hints=hints,

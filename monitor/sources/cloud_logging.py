@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -393,7 +394,7 @@ class CloudLoggingSource:
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         selection: Selection | None = None,
-        follow_hints: Sequence[str] = (),
+        follow_hints: re.Pattern[str] | None = None,
         asset_pattern: str | None = None,
     ) -> None:
         self.project = project
@@ -408,7 +409,7 @@ class CloudLoggingSource:
         # split over lines is completed by a follow-up read around the lines that name the tool.
         self.selection = selection
         self.selective = selection is not None
-        self.follow_hints = tuple(follow_hints)
+        self.follow_hints = follow_hints  # tool output's block headers (classify.TOOL_HEADERS)
         self.asset_pattern = asset_pattern
         pages: type[_Grpc] | type[_Rest] = _Grpc if transport == "grpc" else _Rest
         if transport == "rest" and api_endpoint and not api_endpoint.startswith("http"):
@@ -453,13 +454,14 @@ class CloudLoggingSource:
 
     def _streams(self, entries: Sequence[LogEntry], until: datetime | None) -> list[Stream]:
         """Where the read met tool output: each (service, revision, instance) stream's spans of
-        lines that name the tool, widened by `FOLLOW_BEFORE`/`FOLLOW_AFTER`, never past what
-        this read covers (`until`: its end, or where its budget cut it)."""
+        lines that head a block of it, widened by `FOLLOW_BEFORE`/`FOLLOW_AFTER`, never past
+        what this read covers (`until`: its end, or where its budget cut it)."""
         hints = self.follow_hints
+        if hints is None:
+            return []
         times: dict[tuple[str, str | None, str | None], list[datetime]] = {}
         for e in entries:
-            if e.kind is EntryKind.APP and e.service is not None \
-                    and any(h in e.text for h in hints):
+            if e.kind is EntryKind.APP and e.service is not None and hints.search(e.text):
                 times.setdefault((e.service, e.revision, e.instance_id), []).append(e.timestamp)
         spans: list[Stream] = []
         for (service, revision, instance), stamps in times.items():
