@@ -63,6 +63,7 @@ class CycleResult:
 
 INCIDENT_KEYS = (
     "id", "service", "signal", "kind", "severity", "status", "first_seen", "last_seen", "count",
+    "count_estimated", "count_bound",
     "revisions", "introduced_by", "suspect_migrations", "resolved_at", "resolved_by",
     "regression_of", "resolution_reason", "migration",
 )

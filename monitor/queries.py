@@ -7,7 +7,7 @@ quoted string literal; links are percent-encoded whole, so no log text can end t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -82,28 +82,49 @@ PLATFORM_LOG = "run.googleapis.com%2Fvarlog%2Fsystem"  # Cloud Run about an inst
 class Selection:
     """What a cycle's one query asks for, when it reads the needles and not the haystack.
 
-    `text`: one RE2 pattern (the signals' and the migration tool's, as one alternation) searched
-    in every field the classifier reads text from (`TEXT_FIELDS`), so the server selects what
-    the classifier would match. Audit and platform entries and failed requests (5xx) are always
+    `signals`: each signal's RE2 pattern, searched in every field the classifier reads text from
+    (`TEXT_FIELDS`), so the server selects what the classifier would match; `tool`: the lines
+    the migration tool prints. Audit and platform entries and failed requests (5xx) are always
     selected: deploys, readiness, instance shutdowns and the routes that failed. Successful
     requests never are; the evidence of health is asked for by a probe (`probe_filter`).
+
+    A flood (more matches than a cycle may read) is read as a sample: `weights` maps a signal,
+    or `FAILED_REQUESTS`, to `w`, and only one in `w` of its entries is asked for
+    (`sample(insertId, 1/w)`, a hash of the insert id: the same entries every time, and those
+    of a smaller sample among them). Everything else is read whole: another signal's one match,
+    the tool's output, deploys.
     """
 
-    text: str | None
+    signals: tuple[tuple[str, str], ...] = ()  # (name, RE2 pattern)
+    tool: str | None = None
 
-    def clause(self, room: int = MAX_FILTER) -> str:
+    def clause(self, room: int = MAX_FILTER, weights: Mapping[str, int] | None = None) -> str:
         """The selection in at most `room` characters. Many long signals repeated over every
         text field may not fit Cloud Logging's filter limit: then every app line is selected
         (the classifier matches them; successful requests are still left to the probes)."""
-        always = [f"logName:{_q(AUDIT_LOGS)}", f"logName:{_q(PLATFORM_LOG)}",
-                  "httpRequest.status>=500"]
-        if not self.text:
-            return "(" + " OR ".join(always) + ")"
-        matches = "(" + " OR ".join([*(f"{f}=~{_q(self.text)}" for f in TEXT_FIELDS),
-                                     *always]) + ")"
-        if len(matches) <= room:
-            return matches
-        return "(" + " OR ".join([f"NOT logName:{_q(REQUEST_LOG)}", *always]) + ")"
+        weights = weights or {}
+        groups: dict[int, list[str]] = {}
+        for name, pattern in self.signals:
+            groups.setdefault(weights.get(name, 1), []).append(f"(?:{pattern})")
+        if self.tool:
+            groups.setdefault(1, []).append(f"(?:{self.tool})")
+        failed = _sampled("httpRequest.status>=500", weights.get(FAILED_REQUESTS, 1))
+        always = [f"logName:{_q(AUDIT_LOGS)}", f"logName:{_q(PLATFORM_LOG)}", failed]
+        matches = [_sampled("(" + " OR ".join(f"{f}=~{_q('|'.join(alts))}" for f in TEXT_FIELDS)
+                            + ")", w) for w, alts in sorted(groups.items())]
+        clause = "(" + " OR ".join([*matches, *always]) + ")"
+        if len(clause) <= room:
+            return clause
+        app = _sampled(f"NOT logName:{_q(REQUEST_LOG)}", max(weights.values(), default=1))
+        tool = [f"textPayload=~{_q(self.tool)}"] if self.tool else []
+        return "(" + " OR ".join([*tool, app, *always]) + ")"
+
+
+FAILED_REQUESTS = "httpRequest.status>=500"  # a key of Selection's weights: 5xx request logs
+
+
+def _sampled(clause: str, weight: int) -> str:
+    return clause if weight <= 1 else f"({clause} AND sample(insertId, {1 / weight:.10g}))"
 
 
 def _scope(services: Sequence[str], project: str | None) -> list[str]:
@@ -134,15 +155,14 @@ def read_filter(
     received_before: datetime | None = None,
     request_sample: float = 1.0,
     selection: Selection | None = None,
-    sample: float = 1.0,
+    weights: Mapping[str, int] | None = None,
 ) -> str:
     """The one filter a check cycle reads a project with: every watched service.
 
     With a `selection`, only what can change a conclusion (`Selection`); without one,
     everything, by service and time (a file's replay and `source.select: false` read so). Either
     way one query covers every signal: the requests per cycle are the pages read, whatever the
-    number of signals. `sample` (a flood: more matches than the budget may read) keeps that
-    fraction of the selected entries, by `sample(insertId, p)`, and the counts become estimates.
+    number of signals. `weights`: a flood's sample (`Selection`).
     """
     parts = _scope(services, project)
     if start is not None:
@@ -155,10 +175,9 @@ def read_filter(
         parts.append(f"receiveTimestamp<{_q(_rfc3339_exact(received_before))}")
     if request_sample < 1.0:
         parts.append(f'(NOT logName:{_q(REQUEST_LOG)} OR sample(insertId, {request_sample:g}))')
-    if sample < 1.0:
-        parts.append(f"sample(insertId, {sample:g})")
     if selection is not None:
-        parts.append(selection.clause(room=MAX_FILTER - len(" AND ".join(parts)) - 5))
+        parts.append(selection.clause(room=MAX_FILTER - len(" AND ".join(parts)) - 5,
+                                      weights=weights))
     return _checked(parts)
 
 

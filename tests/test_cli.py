@@ -15,7 +15,8 @@ from monitor.cli import main
 from tests.helpers import export_entry, small_incident
 
 INCIDENT_KEYS = {"id", "service", "signal", "kind", "severity", "status", "first_seen",
-                 "last_seen", "count", "revisions", "introduced_by", "suspect_migrations",
+                 "last_seen", "count", "count_estimated", "count_bound",
+                 "revisions", "introduced_by", "suspect_migrations",
                  "resolved_at", "resolved_by", "regression_of", "resolution_reason",
                  "migration"}
 REVISION_KEYS = {"service", "name", "deployed_at", "first_seen", "last_seen", "migrations",

@@ -23,6 +23,9 @@ class ErrorHit:
     insert_id: str
     sample: str  # the matching line, untrusted text
     instance_id: str | None = None  # the instance that failed: evidence must come from it
+    # The matches it stands for: 1, or `w` when a flood's matches were read as a sample of one
+    # in `w` (`sample(insertId, 1/w)`, queries.Selection): counted as `w`, an estimate.
+    weight: int = 1
 
 
 class MigrationOutcome(StrEnum):

@@ -228,7 +228,7 @@ class _Machine:
         incident = self.state.open_incident(hit.service, hit.signal)
         if incident is not None:
             effects.move(incident, Event.MATCH)
-            self.count_match(incident, hit.at, hit.revision, hit.instance_id)
+            self.count_match(incident, hit.at, hit.revision, hit.instance_id, hit.weight)
             return
         key = (hit.service, hit.signal)
         # In time order (a late entry may be older than the pending ones), and only the matches
@@ -243,17 +243,23 @@ class _Machine:
             return
         self.state.pending.pop(key, None)
         first_at, first_rev, sample, _ = window[0]
+        # the hit that opens it counts as the matches it stands for (a flood's sample); the
+        # pending ones before it were kept as one each
+        this = (hit.at, hit.revision, hit.sample, hit.instance_id)
+        mine = max(i for i, p in enumerate(window) if p == this)
+        weights = [hit.weight if i == mine else 1 for i in range(len(window))]
         counts: dict[str, int] = {}
-        for _, r, _, _ in window:
+        for (_, r, _, _), w in zip(window, weights, strict=True):
             if r is not None:
-                counts[r] = counts.get(r, 0) + 1
+                counts[r] = counts.get(r, 0) + w
         introduced_by = self.cause(hit.service, first_rev, first_at)
         incident = self.new_incident(
             hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, window[-1][0],
-            count=len(window), revisions=counts, sample=sample,
+            count=sum(weights), revisions=counts, sample=sample,
         )
-        for at, revision, _, instance in window:
-            incident.count_in_bucket(at, revision)
+        incident.count_variance = sum(w * w - w for w in weights)
+        for (at, revision, _, instance), w in zip(window, weights, strict=True):
+            incident.count_in_bucket(at, revision, w)
             self.failing_instance(incident, instance)
         incident.failed_routes = self.routes_failed_since(hit.service, first_at - rule.window)
         incident.introduced_by = introduced_by
@@ -261,14 +267,15 @@ class _Machine:
         self.open(incident, decision, hit.at)
 
     def count_match(self, incident: Incident, at: datetime, revision: str | None,
-                    instance: str | None = None) -> None:
-        incident.count += 1
-        incident.count_in_bucket(at, revision)
+                    instance: str | None = None, weight: int = 1) -> None:
+        incident.count += weight
+        incident.count_variance += weight * weight - weight
+        incident.count_in_bucket(at, revision, weight)
         self.failing_instance(incident, instance)
         if revision is not None:
             if revision not in incident.revisions:
                 incident.changes.append(f"now also failing on revision {revision}")
-            incident.revisions[revision] = incident.revisions.get(revision, 0) + 1
+            incident.revisions[revision] = incident.revisions.get(revision, 0) + weight
         if at < incident.first_seen:
             incident.first_seen = at
         if at > incident.last_seen:

@@ -7,6 +7,7 @@ machine.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -237,6 +238,9 @@ class Incident:
     last_seen: datetime
     count: int
     revisions: dict[str, int] = field(default_factory=dict)
+    # The variance of `count` as an estimate: the sum of w*w - w over the matches read as a
+    # sample of one in w (Horvitz-Thompson); 0 while every match was read, and `count` exact.
+    count_variance: int = 0
     introduced_by: str | None = None
     suspect_migrations: list[str] = field(default_factory=list)
     resolved_at: datetime | None = None
@@ -265,12 +269,12 @@ class Incident:
     bucket_seconds: int = 60
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def count_in_bucket(self, at: datetime, revision: str | None) -> None:
+    def count_in_bucket(self, at: datetime, revision: str | None, weight: int = 1) -> None:
         size = self.bucket_seconds
         key = str(int(at.timestamp()) // size * size)
         per_revision = self.buckets.setdefault(key, {})
         name = revision or "(unknown)"
-        per_revision[name] = per_revision.get(name, 0) + 1
+        per_revision[name] = per_revision.get(name, 0) + weight
         while len(self.buckets) > MAX_BUCKETS:
             size *= 2
             merged: dict[str, dict[str, int]] = {}
@@ -279,6 +283,34 @@ class Incident:
                 for rev, n in counts.items():
                     target[rev] = target.get(rev, 0) + n
             self.bucket_seconds, self.buckets = size, merged
+
+    @property
+    def count_estimated(self) -> bool:
+        """Some of `count` was read as a flood's sample: it is an estimate."""
+        return self.count_variance > 0
+
+    @property
+    def count_bound(self) -> int | None:
+        """The estimate's 95 % bound: the true count is within `count` +/- this, 19 times in
+        20 (1.96 standard deviations). None: `count` is exact."""
+        if not self.count_variance:
+            return None
+        return math.ceil(1.96 * math.sqrt(self.count_variance))
+
+    def count_text(self) -> str:
+        """`1,234`, or `~1,234 (estimated from a sample of the matches, ±56)`: an estimate says
+        so, with its bound, wherever a count is shown (Slack, the write-up, `monitor status`)."""
+        if not self.count_estimated:
+            return f"{self.count:,}"
+        return (f"~{self.count:,} (estimated from a sample of the matches, "
+                f"\u00b1{self.count_bound:,})")
+
+    def count_words(self, noun: str = "error") -> str:
+        """`1,234 errors`; an estimate as `count_text` says it."""
+        words = f"{self.count:,} {noun}{'' if self.count == 1 else 's'}"
+        if not self.count_estimated:
+            return words
+        return f"~{words} (estimated from a sample of the matches, \u00b1{self.count_bound:,})"
 
     def to_json(self) -> dict[str, Any]:
         """The `incidents[]` object of the JSON contract."""
@@ -292,6 +324,8 @@ class Incident:
             "first_seen": format_time(self.first_seen),
             "last_seen": format_time(self.last_seen),
             "count": self.count,
+            "count_estimated": self.count_estimated,
+            "count_bound": self.count_bound,
             "revisions": dict(self.revisions),
             "introduced_by": self.introduced_by,
             "suspect_migrations": list(self.suspect_migrations),
@@ -334,6 +368,7 @@ class Incident:
             last_seen=last,
             count=int(d["count"]),
             revisions=dict(d.get("revisions", {})),
+            count_variance=int(d.get("count_variance", 0)),
             introduced_by=d.get("introduced_by"),
             suspect_migrations=list(d.get("suspect_migrations", [])),
             resolved_at=_t(d.get("resolved_at")),

@@ -51,7 +51,7 @@ def fold(
         return
     facts = facts_for(revisions, obs.service, obs.revision, obs.at)
     if isinstance(obs, ErrorHit):
-        facts.errors[obs.signal] = facts.errors.get(obs.signal, 0) + 1
+        facts.errors[obs.signal] = facts.errors.get(obs.signal, 0) + obs.weight
     elif isinstance(obs, RequestServed):
         if obs.ok:
             facts.requests_ok += 1

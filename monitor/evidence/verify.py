@@ -181,7 +181,7 @@ def checklist(rep: IncidentReport) -> list[Check]:
         out.append(Check(True, f"cause: revision {rep.introduced.name}, which ran: {runs}",
                          ev("cause_migrations")))
     unit = "failed run(s)" if inc.kind is IncidentKind.MIGRATION else "error(s)"
-    impact = f"impact: {inc.count:,} {unit}"
+    impact = f"impact: {inc.count_text()} {unit}"
     impact += f" on {len(inc.revisions)} revision(s)"
     if rep.requests_failed is not None and inc.kind is IncidentKind.ERROR:
         impact += f", {rep.requests_failed:,} failed request(s)"

@@ -101,10 +101,6 @@ _EMOJI = {"critical": ":rotating_light:", "high": ":rotating_light:", "warning":
 _PRISMA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # safe to put in a shell command
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _title(incident: Incident, pattern: str | None) -> str:
     """What went wrong, in a few words (escaped)."""
     signal = safe_text(incident.signal, 100, one_line=True)
@@ -123,7 +119,7 @@ def _title(incident: Incident, pattern: str | None) -> str:
 def _count(incident: Incident) -> str:
     word = {IncidentKind.MIGRATION: "failed run",
             IncidentKind.SOURCE: "failed check"}.get(incident.kind, "error")
-    return _plural(incident.count, word)
+    return incident.count_words(word)
 
 
 def _emoji(incident: Incident) -> str:

@@ -78,7 +78,7 @@ def incident_html(rep: IncidentReport, series: Series | None) -> str:
              f"<tr><th>Duration</th><td>{h(for_people(rep.duration))} "
              f"({h(minute(inc.first_seen))} → "
              f"{h(minute(inc.resolved_at or inc.last_seen))})</td></tr>",
-             f"<tr><th>Count</th><td>{inc.count:,}</td></tr>"]
+             f"<tr><th>Count</th><td>{h(inc.count_text())}</td></tr>"]
     if rep.requests_failed is not None:
         parts.append(f"<tr><th>Requests failed</th><td>{rep.requests_failed:,} (HTTP 5xx on the "
                      "revisions hit)</td></tr>")

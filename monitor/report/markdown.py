@@ -77,7 +77,7 @@ def incident_markdown(rep: IncidentReport) -> str:
            f"| Duration | {for_people(rep.duration)} ({minute(inc.first_seen)} → "
            f"{minute(inc.resolved_at or inc.last_seen)}) |",
            f"| {'Failed runs' if inc.kind is IncidentKind.MIGRATION else 'Errors'} | "
-           f"{inc.count:,} |"]
+           f"{inc.count_text()} |"]
     if rep.requests_failed is not None and inc.kind is IncidentKind.ERROR:
         out.append(f"| Requests failed | {rep.requests_failed:,} (HTTP 5xx in the request logs "
                    "of the revisions hit) |")

@@ -18,11 +18,9 @@ __all__ = ["Source", "SourceError", "build", "selection"]
 
 def selection(config: Config) -> Selection:
     """What a cycle's query selects for `config`: its signals' patterns and the migration
-    tool's output, as one RE2 alternation (the signals are RE2, as the server's `=~` is)."""
-    texts = [f"(?:{s.match.pattern})" for s in config.signals]
-    if config.migrations.tool == "prisma":
-        texts.append(f"(?:{TOOL_LINES})")
-    return Selection("|".join(texts) or None)
+    tool's output (RE2, as the server's `=~` is)."""
+    return Selection(signals=tuple((s.name, s.match.pattern) for s in config.signals),
+                     tool=TOOL_LINES if config.migrations.tool == "prisma" else None)
 
 
 def build(config: Config, unit: Target, limiter: RateLimiter | None = None,
