@@ -78,6 +78,9 @@ AUDIT_LOGS = "cloudaudit.googleapis.com"  # activity (deploys) and system_event 
 PLATFORM_LOG = "run.googleapis.com%2Fvarlog%2Fsystem"  # Cloud Run about an instance
 
 
+FAILED_REQUESTS = "httpRequest.status>=500"  # 5xx request logs; a key of Selection's weights
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """What a cycle's one query asks for, when it reads the needles and not the haystack.
@@ -108,7 +111,7 @@ class Selection:
             groups.setdefault(weights.get(name, 1), []).append(f"(?:{pattern})")
         if self.tool:
             groups.setdefault(1, []).append(f"(?:{self.tool})")
-        failed = _sampled("httpRequest.status>=500", weights.get(FAILED_REQUESTS, 1))
+        failed = _sampled(FAILED_REQUESTS, weights.get(FAILED_REQUESTS, 1))
         always = [f"logName:{_q(AUDIT_LOGS)}", f"logName:{_q(PLATFORM_LOG)}", failed]
         matches = [_sampled("(" + " OR ".join(f"{f}=~{_q('|'.join(alts))}" for f in TEXT_FIELDS)
                             + ")", w) for w, alts in sorted(groups.items())]
@@ -118,9 +121,6 @@ class Selection:
         app = _sampled(f"NOT logName:{_q(REQUEST_LOG)}", max(weights.values(), default=1))
         tool = [f"textPayload=~{_q(self.tool)}"] if self.tool else []
         return "(" + " OR ".join([*tool, app, *always]) + ")"
-
-
-FAILED_REQUESTS = "httpRequest.status>=500"  # a key of Selection's weights: 5xx request logs
 
 
 def _sampled(clause: str, weight: int) -> str:

@@ -8,11 +8,12 @@ or always out, as Cloud Logging documents for `sample`)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from monitor.correlate.model import Incident
 from monitor.queries import FAILED_REQUESTS, Selection, read_filter
 from tests.helpers import export_entry
-from tests.test_incidents import SIG, hit, rules, run, the_incident
+from tests.test_incidents import hit, rules, run, the_incident
 
 
 def _selects(filter_: str, entries: list[dict]) -> set[str]:
@@ -51,15 +52,14 @@ def test_weights_of_one_ask_for_no_sample():
 
 def test_weighted_matches_make_an_estimate_with_its_bound():
     hits = [hit(1 + n / 100) for n in range(10)]
-    weighted = [type(h)(h.at, h.service, h.revision, h.signal, h.insert_id, h.sample,
-                        h.instance_id, weight=16) for h in hits]
+    weighted = [replace(h, weight=16) for h in hits]
     incident = the_incident(run(weighted, now=2))
     assert incident.count == 160
     assert incident.count_estimated
     assert incident.count_variance == 10 * (16 * 16 - 16)
     assert incident.count_bound == math.ceil(1.96 * math.sqrt(2400))
     assert incident.count_text() == "~160 (estimated from a sample of the matches, \u00b197)"
-    assert incident.count_words() == ("~160 errors (estimated from a sample of the matches, "
+    assert incident.count_text("error") == ("~160 errors (estimated from a sample of the matches, "
                                       "\u00b197)")
     assert incident.to_json()["count_estimated"] is True
     assert incident.to_json()["count_bound"] == incident.count_bound
@@ -73,6 +73,20 @@ def test_matches_read_whole_stay_exact():
     incident = the_incident(run([hit(1), hit(2)], now=3, r=rules()))
     assert incident.count == 2 and not incident.count_estimated
     assert incident.count_bound is None
-    assert incident.count_text() == "2" and incident.count_words() == "2 errors"
+    assert incident.count_text() == "2" and incident.count_text("error") == "2 errors"
     assert incident.to_json()["count_estimated"] is False
-    assert incident.signal == SIG
+
+
+def test_a_late_hit_outside_the_window_does_not_lend_its_weight():
+    # Pending matches kept under a higher `open_after` (the config was changed since), and a
+    # late sampled match older than their window: they open the incident without it, one each.
+    from monitor.correlate.state import State
+    from tests.test_incidents import SIG, SVC, at
+
+    state = State()
+    state.pending[(SVC, SIG)] = [(at(m), "r42", "MissingSessionTableError", None)
+                                 for m in (10, 11, 12)]
+    outcome = run([replace(hit(1), weight=16)], now=13, state=state, r=rules(open_after=2))
+    incident = the_incident(outcome)
+    assert incident.count == 3 and not incident.count_estimated
+    assert incident.first_seen == at(10)

@@ -233,32 +233,30 @@ class _Machine:
         key = (hit.service, hit.signal)
         # In time order (a late entry may be older than the pending ones), and only the matches
         # within `window` of the newest: the ones that can still open an incident together.
-        window = sorted([*self.state.pending.get(key, []),
-                         (hit.at, hit.revision, hit.sample, hit.instance_id)],
-                        key=lambda p: p[0])
-        window = [p for p in window if p[0] > window[-1][0] - rule.window]
+        # Each with the matches it stands for: the hit its weight (a flood's sample), the pending
+        # ones one each.
+        weighed = sorted([*((p, 1) for p in self.state.pending.get(key, [])),
+                          ((hit.at, hit.revision, hit.sample, hit.instance_id), hit.weight)],
+                         key=lambda pw: pw[0][0])
+        weighed = [pw for pw in weighed if pw[0][0] > weighed[-1][0][0] - rule.window]
+        window = [p for p, _ in weighed]
         decision = decide.threshold(window, rule, hit.signal)
         if decision.event is None:
             self.state.pending[key] = window
             return
         self.state.pending.pop(key, None)
         first_at, first_rev, sample, _ = window[0]
-        # the hit that opens it counts as the matches it stands for (a flood's sample); the
-        # pending ones before it were kept as one each
-        this = (hit.at, hit.revision, hit.sample, hit.instance_id)
-        mine = max(i for i, p in enumerate(window) if p == this)
-        weights = [hit.weight if i == mine else 1 for i in range(len(window))]
         counts: dict[str, int] = {}
-        for (_, r, _, _), w in zip(window, weights, strict=True):
+        for (_, r, _, _), w in weighed:
             if r is not None:
                 counts[r] = counts.get(r, 0) + w
         introduced_by = self.cause(hit.service, first_rev, first_at)
         incident = self.new_incident(
             hit.service, hit.signal, IncidentKind.ERROR, rule.severity, first_at, window[-1][0],
-            count=sum(weights), revisions=counts, sample=sample,
+            count=sum(w for _, w in weighed), revisions=counts, sample=sample,
         )
-        incident.count_variance = sum(w * w - w for w in weights)
-        for (at, revision, _, instance), w in zip(window, weights, strict=True):
+        incident.count_variance = sum(w * w - w for _, w in weighed)
+        for (at, revision, _, instance), w in weighed:
             incident.count_in_bucket(at, revision, w)
             self.failing_instance(incident, instance)
         incident.failed_routes = self.routes_failed_since(hit.service, first_at - rule.window)

@@ -297,20 +297,15 @@ class Incident:
             return None
         return math.ceil(1.96 * math.sqrt(self.count_variance))
 
-    def count_text(self) -> str:
-        """`1,234`, or `~1,234 (estimated from a sample of the matches, ±56)`: an estimate says
-        so, with its bound, wherever a count is shown (Slack, the write-up, `monitor status`)."""
+    def count_text(self, noun: str | None = None) -> str:
+        """`1,234`, `1,234 errors` with a `noun`, or `~1,234 errors (estimated from a sample of
+        the matches, ±56)`: an estimate says so, with its bound, wherever a count is shown."""
+        text = f"{self.count:,}"
+        if noun:
+            text += f" {noun}{'' if self.count == 1 else 's'}"
         if not self.count_estimated:
-            return f"{self.count:,}"
-        return (f"~{self.count:,} (estimated from a sample of the matches, "
-                f"\u00b1{self.count_bound:,})")
-
-    def count_words(self, noun: str = "error") -> str:
-        """`1,234 errors`; an estimate as `count_text` says it."""
-        words = f"{self.count:,} {noun}{'' if self.count == 1 else 's'}"
-        if not self.count_estimated:
-            return words
-        return f"~{words} (estimated from a sample of the matches, \u00b1{self.count_bound:,})"
+            return text
+        return f"~{text} (estimated from a sample of the matches, \u00b1{self.count_bound:,})"
 
     def to_json(self) -> dict[str, Any]:
         """The `incidents[]` object of the JSON contract."""

@@ -116,7 +116,7 @@ def summary_sentence(rep: IncidentReport) -> str:
     """The incident in one sentence: what, how much, how long, caused by, fixed by."""
     inc = rep.incident
     unit = "failed migration run" if inc.kind is IncidentKind.MIGRATION else "error"
-    count = inc.count_words(unit)
+    count = inc.count_text(unit)
     text = (f"{inc.service}: {what(rep)}, {count} between {minute(inc.first_seen)} and "
             f"{minute(inc.last_seen)} ({for_people(inc.last_seen - inc.first_seen)})")
     if inc.introduced_by:

@@ -119,7 +119,7 @@ def _title(incident: Incident, pattern: str | None) -> str:
 def _count(incident: Incident) -> str:
     word = {IncidentKind.MIGRATION: "failed run",
             IncidentKind.SOURCE: "failed check"}.get(incident.kind, "error")
-    return incident.count_words(word)
+    return incident.count_text(word)
 
 
 def _emoji(incident: Incident) -> str:
