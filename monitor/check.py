@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from monitor.classify import Classifier
@@ -214,6 +214,8 @@ def run_cycle(
                          max_lateness=lateness)
     stats = ReadStats()
     state = store.load_state(unit)
+    # a flood's sample is planned from what the last read measured (monitor/sampling.py)
+    window = replace(window, rates=tuple(state.read_rates.items()))
     health = source_health(state, unit=unit, ok=True, reason="", now=now,
                            failures_before_alert=config.source.failures_before_alert)
     classifying = build_classifier(config, services, project)
@@ -246,6 +248,8 @@ def run_cycle(
                             window=window, stats=stats, error=exc, dry_run=dry_run,
                             lease=lease, keep_alive=keep_alive)
     outcome = fold.outcome
+    if stats.rates is not None:
+        outcome.state.read_rates = stats.rates
     transitions = health.transitions + outcome.transitions
     # 4. render: transitions -> messages, as data
     messages = [m for t in transitions for m in _render(config, t, project)]

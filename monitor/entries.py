@@ -55,6 +55,9 @@ class LogEntry:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     location: str | None = None  # the Cloud Run region, e.g. us-central1
     http_url: str | None = None  # a request log's httpRequest.requestUrl (untrusted text)
+    # How many entries this one stands for: a flood's sample reads one in `weight` of its
+    # class (monitor/sampling.py); 1 for everything read whole.
+    weight: int = 1
 
     @property
     def key(self) -> str:
@@ -93,6 +96,7 @@ class _NewEntry:
         self.raw = raw
         self.location = location
         self.http_url = http_url
+        self.weight = 1
         self.__class__ = LogEntry  # type: ignore[assignment]
 
 

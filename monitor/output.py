@@ -95,6 +95,8 @@ def result_json(result: CycleResult) -> dict[str, Any]:
             # of them: reads of the lines around tool output, and evidence probes
             "follow_up_requests": result.stats.follow_up_requests,
             "probe_requests": result.stats.probe_requests,
+            # a flood read as a sample: the weight w of each class read one in w (none: whole)
+            "sampled": dict(result.stats.sampled),
             "notifications_sent": result.delivery.sent,
             "notifications_waiting": result.delivery.owed,
         },
@@ -105,7 +107,7 @@ def result_json(result: CycleResult) -> dict[str, Any]:
 def _incident_text(i: Incident) -> list[str]:
     state = i.status.value.upper()
     lines = [f"  {state:<8} {i.id}  [{i.severity}]",
-             f"           {i.count} match(es), {second(i.first_seen)} .. {second(i.last_seen)}"]
+             f"           {i.count_text('match')}, {second(i.first_seen)} .. {second(i.last_seen)}"]
     if i.revisions:
         hits = ", ".join(f"{r} ({n})" for r, n in sorted(i.revisions.items()))
         lines.append(f"           revisions hit: {hits}")

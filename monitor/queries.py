@@ -79,6 +79,7 @@ PLATFORM_LOG = "run.googleapis.com%2Fvarlog%2Fsystem"  # Cloud Run about an inst
 
 
 FAILED_REQUESTS = "httpRequest.status>=500"  # 5xx request logs; a key of Selection's weights
+APP_LINES = "app lines"  # every app line, when the signals do not fit a filter; a weight's key
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +92,11 @@ class Selection:
     selected: deploys, readiness, instance shutdowns and the routes that failed. Successful
     requests never are; the evidence of health is asked for by a probe (`probe_filter`).
 
-    A flood (more matches than a cycle may read) is read as a sample: `weights` maps a signal,
-    or `FAILED_REQUESTS`, to `w`, and only one in `w` of its entries is asked for
-    (`sample(insertId, 1/w)`, a hash of the insert id: the same entries every time, and those
-    of a smaller sample among them). Everything else is read whole: another signal's one match,
-    the tool's output, deploys.
+    A flood (more matches than a cycle may read) is read as a sample (monitor/sampling.py):
+    `weights` maps a signal, `FAILED_REQUESTS` or `APP_LINES` to `w`, and only one in `w` of
+    its entries is asked for (`sample(insertId, 1/w)`, a hash of the insert id: the same
+    entries every time, and those of a smaller sample among them). Everything else is read
+    whole: another signal's one match, the tool's output, deploys.
     """
 
     signals: tuple[tuple[str, str], ...] = ()  # (name, RE2 pattern)
@@ -106,21 +107,37 @@ class Selection:
         text field may not fit Cloud Logging's filter limit: then every app line is selected
         (the classifier matches them; successful requests are still left to the probes)."""
         weights = weights or {}
+        clause = self._by_pattern(weights)
+        if len(clause) <= room:
+            return clause
+        app = _sampled(f"NOT logName:{_q(REQUEST_LOG)}", self.app_weight(weights))
+        tool = [f"textPayload=~{_q(self.tool)}"] if self.tool else []
+        return "(" + " OR ".join([*tool, app, *self._always(weights)]) + ")"
+
+    def by_pattern(self, filter_: str, weights: Mapping[str, int] | None = None) -> bool:
+        """Whether `filter_` selects app lines by the signals' patterns, or (the clause did
+        not fit) every app line: what an entry read stands for depends on it."""
+        return self._by_pattern(weights or {}) in filter_
+
+    @staticmethod
+    def app_weight(weights: Mapping[str, int]) -> int:
+        """The one weight of every app line, when the clause selects them all."""
+        return max((w for k, w in weights.items() if k != FAILED_REQUESTS), default=1)
+
+    def _by_pattern(self, weights: Mapping[str, int]) -> str:
         groups: dict[int, list[str]] = {}
         for name, pattern in self.signals:
             groups.setdefault(weights.get(name, 1), []).append(f"(?:{pattern})")
         if self.tool:
             groups.setdefault(1, []).append(f"(?:{self.tool})")
-        failed = _sampled(FAILED_REQUESTS, weights.get(FAILED_REQUESTS, 1))
-        always = [f"logName:{_q(AUDIT_LOGS)}", f"logName:{_q(PLATFORM_LOG)}", failed]
         matches = [_sampled("(" + " OR ".join(f"{f}=~{_q('|'.join(alts))}" for f in TEXT_FIELDS)
                             + ")", w) for w, alts in sorted(groups.items())]
-        clause = "(" + " OR ".join([*matches, *always]) + ")"
-        if len(clause) <= room:
-            return clause
-        app = _sampled(f"NOT logName:{_q(REQUEST_LOG)}", max(weights.values(), default=1))
-        tool = [f"textPayload=~{_q(self.tool)}"] if self.tool else []
-        return "(" + " OR ".join([*tool, app, *always]) + ")"
+        return "(" + " OR ".join([*matches, *self._always(weights)]) + ")"
+
+    @staticmethod
+    def _always(weights: Mapping[str, int]) -> list[str]:
+        return [f"logName:{_q(AUDIT_LOGS)}", f"logName:{_q(PLATFORM_LOG)}",
+                _sampled(FAILED_REQUESTS, weights.get(FAILED_REQUESTS, 1))]
 
 
 def _sampled(clause: str, weight: int) -> str:

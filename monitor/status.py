@@ -20,7 +20,7 @@ from typing import Any
 
 from monitor.classify.prisma import run_label
 from monitor.config import Config, unit_name
-from monitor.correlate.model import IncidentStatus, RevisionFacts
+from monitor.correlate.model import IncidentStatus, RevisionFacts, count_text
 from monitor.output import incident_json, revision_json
 from monitor.safe import clean
 from monitor.store.base import LeaseInfo, Store
@@ -208,7 +208,8 @@ def _cycle_text(cycle: dict[str, Any] | None) -> list[str]:
 def _incident_text(i: dict[str, Any]) -> list[str]:
     pad = " " * 11
     lines = [f"  {_s(i['status']).upper():<8} {_s(i['id'])}  [{_s(i['severity'])}]",
-             f"{pad}{i['count']} match(es), {time_text(i['first_seen'])} .. "
+             f"{pad}{count_text(i['count'], i.get('count_bound'), 'match')}, "
+             f"{time_text(i['first_seen'])} .. "
              f"{time_text(i['last_seen'])}"]
     if i["revisions"]:
         hits = ", ".join(f"{_s(r)} ({n})" for r, n in sorted(i["revisions"].items()))

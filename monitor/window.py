@@ -10,7 +10,7 @@ the store keeps the checkpoint, and neither imports the other for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -25,6 +25,9 @@ class Window:
     end: datetime | None = None
     received_after: datetime | None = None
     received_before: datetime | None = None
+    # What the unit's last read measured of each class of matches, in entries a second
+    # (monitor/sampling.py): a source that can read a flood as a sample plans it from them.
+    rates: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,11 @@ class ReadStats:
     cut_at: datetime | None = None  # the budget ran out after entries stamped up to here
     follow_up_requests: int = 0  # of api_requests: reads of the lines around tool output
     probe_requests: int = 0  # of api_requests: evidence probes (correlate.probe)
+    # A flood read as a sample (monitor/sampling.py): the heaviest weight each class was read
+    # at, and the rates this read measured, which the next read plans its sample from (None:
+    # the source measured nothing; the last rates stand).
+    sampled: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, float] | None = None
 
 
 class Read(Protocol):

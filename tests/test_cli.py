@@ -68,6 +68,7 @@ def test_json_contract_and_exit_code_when_resolved(tmp_path):
     assert all(set(r) == REVISION_KEYS for r in doc["revisions"])
     assert doc["stats"] == {"entries_read": len(small_incident()), "entries_skipped": 0,
                             "api_requests": 0, "follow_up_requests": 0, "probe_requests": 0,
+                            "sampled": {},  # read whole: no flood
                             "notifications_sent": 5,  # 3 posts, 2 edits
                             "notifications_waiting": 0}
 

@@ -209,3 +209,26 @@ def test_matplotlib_warnings_never_reach_stderr(config_path: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout.count("<svg") >= 2
+
+
+def test_an_estimated_count_is_said_so_in_the_write_up(config_path: Path) -> None:
+    """A flood read as a sample (issue 16): the claim, its check and the timeline say the count
+    is an estimate and give its bound; the check expects about that many, not exactly."""
+    import copy
+
+    from monitor.evidence.verify import verifications
+    from monitor.report.facts import timeline
+
+    (rep,) = report_of(config_path, ERRORS).reports
+    sampled = copy.deepcopy(rep.incident)
+    sampled.count_variance = 2400  # as ten matches read at one in sixteen leave it
+    estimated = replace(rep, incident=sampled)
+    [errors] = [v for v in verifications(estimated, True) if v.id == "errors"]
+    assert (errors.expect_count, errors.expect_within) == (157, 97)
+    assert errors.claim.startswith("~157 matches (estimated from a sample of the matches, "
+                                   "\u00b197) of MissingSessionTableError")
+    assert errors.expected_count() == "returns about 157 entries (\u00b197)"
+    [exact] = [v for v in rep.verifications if v.id == "errors"]
+    assert exact.expected_count() == "returns 157 entries" and exact.claim.startswith("157 ")
+    last = next(e for e in timeline(estimated, []) if e.kind == "last_error")
+    assert "(~157 (estimated" in last.text

@@ -70,6 +70,7 @@ def state() -> State:
                                     None, T0)])
     s.pending[("spector", "other")] = [(T0, "spector-00042-wex", "sample", "inst-1")]
     s.request_services = {"spector"}
+    s.read_rates = {"missing-session-table": 5012.5, "": 3.0}  # a flood's, for the next read
     return s
 
 
@@ -95,6 +96,7 @@ def test_state_round_trips(store):
     assert loaded.revisions == original.revisions
     assert loaded.pending == original.pending
     assert loaded.request_services == {"spector"}
+    assert loaded.read_rates == original.read_rates
     assert store.checkpoint("spector-prod") == Checkpoint(T0)
     assert store.checkpoint("other-unit") is None
     cut = Checkpoint(T0, cursor=T0 + timedelta(minutes=3), window_end=T0 + timedelta(minutes=9))

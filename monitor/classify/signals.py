@@ -65,6 +65,7 @@ class SignalMatcher:
                     insert_id=entry.insert_id,
                     sample=_line_of(text, m.start())[:SAMPLE_LIMIT],
                     instance_id=entry.instance_id,
+                    weight=entry.weight,
                 )
             )
         return out

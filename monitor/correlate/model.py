@@ -21,6 +21,22 @@ def _t(value: Any) -> datetime | None:
     return parse_time(value) if isinstance(value, str) else None
 
 
+
+def count_text(count: int, bound: int | None, noun: str | None = None) -> str:
+    """`Incident.count_text` of a count and its bound (None: exact), as the JSON has them."""
+    text = f"{count:,}"
+    if noun:
+        text += f" {noun if count == 1 else plural(noun)}"
+    if bound is None:
+        return text
+    return f"~{text} (estimated from a sample of the matches, \u00b1{bound:,})"
+
+
+def plural(noun: str) -> str:
+    """`errors`, `matches`, `failed migration runs`: the English plural of a count's noun."""
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 @dataclass(slots=True)
 class MigrationRecord:
     """One outcome of one `migrate deploy` (or `migrate resolve`) run: every run is its own."""
@@ -300,12 +316,7 @@ class Incident:
     def count_text(self, noun: str | None = None) -> str:
         """`1,234`, `1,234 errors` with a `noun`, or `~1,234 errors (estimated from a sample of
         the matches, ±56)`: an estimate says so, with its bound, wherever a count is shown."""
-        text = f"{self.count:,}"
-        if noun:
-            text += f" {noun}{'' if self.count == 1 else 's'}"
-        if not self.count_estimated:
-            return text
-        return f"~{text} (estimated from a sample of the matches, \u00b1{self.count_bound:,})"
+        return count_text(self.count, self.count_bound, noun)
 
     def to_json(self) -> dict[str, Any]:
         """The `incidents[]` object of the JSON contract."""

@@ -44,6 +44,10 @@ class State:
     pending: dict[tuple[str, str], list[Pending]] = field(default_factory=dict)
     request_services: set[str] = field(default_factory=set)
     source_failures: dict[str, int] = field(default_factory=dict)  # unit -> failed cycles in a row
+    # What the unit's last read measured of each class of matches, in entries a second: the
+    # next read plans a flood's sample from it (monitor/sampling.py). The core never reads it;
+    # it is kept here so that it is committed with the checkpoint it was measured up to.
+    read_rates: dict[str, float] = field(default_factory=dict)
 
     def open_incident(self, service: str, signal: str) -> Incident | None:
         for incident in self.incidents.values():

@@ -48,10 +48,20 @@ class Verification:
     project: str | None
     start: datetime | None
     end: datetime | None
-    expect_count: int | None = None  # the command returns exactly this many entries
+    expect_count: int | None = None  # the command returns this many entries: exactly, or
+    expect_within: int | None = None  # within this of it (the monitor counted a sample)
     expect_texts: tuple[str, ...] = ()  # each of these appears in the entries returned
     command: str = ""
     url: str = ""
+
+    def expected_count(self) -> str | None:
+        """What the command returns, as the write-up says it; None: it is judged by texts."""
+        n = self.expect_count
+        if n is None:
+            return None
+        if self.expect_within is not None:
+            return f"returns about {n:,} entries (\u00b1{self.expect_within:,})"
+        return f"returns {n:,} entr{'y' if n == 1 else 'ies'}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,13 +53,14 @@ def gcloud_command(filter: str, project: str | None) -> str:
 
 
 def _make(id: str, claim: str, query: str, project: str | None, start: datetime | None,
-          end: datetime | None, *, count: int | None = None,
+          end: datetime | None, *, count: int | None = None, within: int | None = None,
           texts: tuple[str, ...] = ()) -> Verification:
     filter = bounded(query, start, end)
     url_start = start or (end - timedelta(days=1) if end else datetime.now(UTC))
     url_end = (end or datetime.now(UTC)) + timedelta(seconds=1)  # the range is in seconds
     return Verification(id=id, claim=claim, filter=filter, project=project, start=start,
-                        end=end, expect_count=count, expect_texts=texts,
+                        end=end, expect_count=count, expect_within=within,
+                        expect_texts=texts,
                         command=gcloud_command(filter, project),
                         url=logs_url(filter, url_start, url_end, project))
 
@@ -88,11 +89,11 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
     if inc.kind is IncidentKind.SOURCE or not rep.pattern:
         return out
     query = logs_query(service, rep.pattern)
-    noun = "failed migration run(s)" if inc.kind is IncidentKind.MIGRATION else "match(es)"
+    noun = "failed migration run" if inc.kind is IncidentKind.MIGRATION else "match"
     start = inc.first_seen - (RUN_SPAN if inc.kind is IncidentKind.MIGRATION else timedelta())
-    out.append(_make("errors", f"{inc.count:,} {noun} of {rep.what} on {service} from "
+    out.append(_make("errors", f"{inc.count_text(noun)} of {rep.what} on {service} from "
                      f"{minute(inc.first_seen)} to {minute(inc.last_seen)}", query, project,
-                     start, inc.last_seen + TICK, count=inc.count))
+                     start, inc.last_seen + TICK, count=inc.count, within=inc.count_bound))
     if inc.kind is IncidentKind.ERROR and rep.requests_failed is not None and rep.revisions_hit:
         names = " OR ".join(_q(f.name) for f in rep.revisions_hit)
         starts = [f.first_seen for f in rep.revisions_hit if f.first_seen]

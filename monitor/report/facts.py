@@ -154,7 +154,7 @@ def timeline(rep: IncidentReport, service_facts: list[RevisionFacts]) -> list[Ev
                         + (f" (on {first_rev})" if first_rev else ""), first_rev))
     events.append(Event(inc.last_seen, "last_error",
                         f"last {'failure' if inc.kind is IncidentKind.MIGRATION else 'error'}"
-                        f" ({inc.count:,} in total)"))
+                        f" ({inc.count_text()} in total)"))
     if inc.resolved_at is not None:
         events.append(Event(inc.resolved_at, "resolved",
                             f"resolved: {inc.resolution_note or 'the monitor saw it end'}",
@@ -190,6 +190,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "verification": [{"id": v.id, "claim": v.claim, "filter": v.filter,
                               "project": v.project, "start": format_time(v.start),
                               "end": format_time(v.end), "expect_count": v.expect_count,
+                              "expect_within": v.expect_within,
                               "expect_texts": list(v.expect_texts), "command": v.command,
                               "logs_explorer": v.url} for v in r.verifications],
             "checklist": [{"ok": c.ok, "text": c.text, "evidence": list(c.evidence)}

@@ -118,7 +118,8 @@ def incident_html(rep: IncidentReport, series: Series | None) -> str:
                      f"<table><tr><th>Sent (UTC)</th><th>Message</th></tr>{rows}</table>")
     parts.append("<h3>Verification</h3><ol>")
     for v in rep.verifications:
-        expect = (f"returns {v.expect_count:,} entries" if v.expect_count is not None
+        counted = v.expected_count()
+        expect = (h(counted) if counted is not None
                   else "shows " + ", ".join(f"<code>{h(t)}</code>" for t in v.expect_texts))
         parts.append(f"<li>{h(v.claim)}: {expect}.<pre>{h(v.command, 25000)}</pre>"
                      f'<a href="{h(v.url, 30000)}" rel="noreferrer noopener">Logs Explorer</a>'

@@ -123,9 +123,7 @@ def incident_markdown(rep: IncidentReport) -> str:
     if not rep.verifications:
         out.append("Nothing to verify in the logs for this incident.")
     for n, v in enumerate(rep.verifications, 1):
-        expect = (f"returns {v.expect_count:,} entr{'y' if v.expect_count == 1 else 'ies'}"
-                  if v.expect_count is not None else
-                  "shows " + ", ".join(code(t) for t in v.expect_texts))
+        expect = v.expected_count() or "shows " + ", ".join(code(t) for t in v.expect_texts)
         out += [f"{n}. {_names(v.claim)}: {expect}.", "", _indent(block(v.command, "sh", 25000)),
                 "", f"   [Logs Explorer]({v.url})", ""]
     out += ["### Checklist", ""]

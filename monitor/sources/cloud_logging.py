@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +58,7 @@ from monitor.queries import (
     probe_filter,
     read_filter,
 )
+from monitor.sampling import FILL, Tally, Weigher, Weights, plan, seconds
 from monitor.sources.base import SourceError
 from monitor.sources.budget import RateLimiter, backoff
 from monitor.times import checked_time
@@ -416,31 +418,35 @@ class CloudLoggingSource:
             api_endpoint = f"http://{api_endpoint}"
         self._pages = pages(project, api_endpoint, timeout.total_seconds())
 
-    def filter_for(self, window: Window) -> str:
+    def filter_for(self, window: Window, weights: Weights | None = None) -> str:
         return read_filter(
             self.services, project=self.project, start=window.start, end=window.end,
             received_after=window.received_after, received_before=window.received_before,
             request_sample=self.request_sample if self.selection is None else 1.0,
-            selection=self.selection,
+            selection=self.selection, weights=weights,
         )
 
     def read(self, window: Window, stats: ReadStats) -> Iterator[LogEntry]:
         """The window's entries in timestamp order: everything, or (with a selection) the
-        needles and the follow-up lines around tool output, merged in timestamp order."""
+        needles, sampled in a flood, and the follow-up lines around tool output, merged in
+        timestamp order."""
         if self.selection is None:
             yield from self._read(self.filter_for(window), stats, self.max_pages)
+            self._note_cut(stats)
             return
-        main = list(self._read(self.filter_for(window), stats, self.max_pages))
+        main = self._needles(window, stats, self.selection)
+        self._note_cut(stats)
         streams = self._streams(main, until=stats.cut_at or window.end)
         if not streams:
             yield from main
             return
         more = ReadStats()
+        around: list[LogEntry] = []
         try:
             for chunk in range(0, len(streams), FOLLOW_STREAMS):
                 if more.api_requests >= FOLLOW_PAGES:
                     break
-                main.extend(self._read(
+                around.extend(self._read(
                     follow_up_filter(streams[chunk:chunk + FOLLOW_STREAMS],
                                      project=self.project),
                     more, FOLLOW_PAGES - more.api_requests))
@@ -449,8 +455,52 @@ class CloudLoggingSource:
             stats.entries_read += more.entries_read
             stats.entries_skipped += more.entries_skipped
             stats.follow_up_requests += more.api_requests
-        main.sort(key=_event_order)
-        yield from main
+        # Around tool output every line is read whole: an entry the sample read too stands for
+        # itself alone there, as the follow-up read it.
+        again = {e.key for e in around}
+        entries = [e for e in main if e.key not in again] if again else main
+        entries.extend(around)
+        entries.sort(key=_event_order)
+        yield from entries
+
+    def _needles(self, window: Window, stats: ReadStats,
+                 selection: Selection) -> list[LogEntry]:
+        """The main query's entries, each with the weight it was read at (monitor/sampling.py).
+
+        The read is planned from the rates the last one measured (`window.rates`) and may use
+        half of the pages left; if that half runs out, what it read says how much is left, and
+        the rest of the window is read from where it stopped, planned again, with half of what
+        is left again. So a flood that starts within a window is sampled within that window,
+        and the checkpoint does not fall behind it. Each part's rates are measured from what it
+        read; the last part's are what the next read plans from (`stats.rates`)."""
+        entries: list[LogEntry] = []
+        rates: dict[str, float] = dict(window.rates)
+        part, pages = window, self.max_pages
+        while True:
+            weights = plan(rates, seconds(part), pages * PAGE_SIZE)
+            filter_ = self.filter_for(part, weights)
+            weigher = Weigher(selection, weights, not selection.by_pattern(filter_, weights))
+            tally, spent = Tally(), stats.api_requests
+            stats.cut_at = None
+            allowed = pages if pages <= 1 else math.ceil(pages * FILL)
+            entries.extend(weigher.weigh(e, tally)
+                           for e in self._read(filter_, stats, allowed))
+            for name, w in weights.items():
+                stats.sampled[name] = max(w, stats.sampled.get(name, 1))
+            pages -= stats.api_requests - spent
+            measured = tally.rates(seconds(part, until=stats.cut_at))
+            if measured is not None:
+                rates = measured
+            if stats.cut_at is None or pages <= 0 or stats.api_requests == spent:
+                break
+            part = replace(part, start=stats.cut_at)
+        stats.rates = rates
+        return entries
+
+    def _note_cut(self, stats: ReadStats) -> None:
+        if stats.cut_at is not None:
+            log.info("projects/%s: read budget of %d pages spent at %s; continuing next cycle",
+                     self.project, self.max_pages, stats.cut_at)
 
     def _streams(self, entries: Sequence[LogEntry], until: datetime | None) -> list[Stream]:
         """Where the read met tool output: each (service, revision, instance) stream's spans of
@@ -521,8 +571,6 @@ class CloudLoggingSource:
             # The budget is spent: everything up to `last` is read (timestamp order), the rest
             # of the window waits for the next cycle.
             stats.cut_at = last
-            log.info("projects/%s: read budget of %d pages spent at %s; continuing next cycle",
-                     self.project, max_pages, last)
         finally:
             # A reader that stops early (shutdown) does not wait for a request still in flight.
             ahead.shutdown(wait=False, cancel_futures=True)

@@ -173,6 +173,7 @@ def correlate_doc(state: State) -> dict[str, Any]:
     return {
         "request_services": sorted(state.request_services),
         "source_failures": [[unit, n] for unit, n in state.source_failures.items()],
+        "read_rates": [[name, rate] for name, rate in state.read_rates.items()],
         "pending": [
             [service, signal,
              [[format_time(at), revision, sample, instance]
@@ -188,6 +189,7 @@ def merge_correlate(state: State, doc: dict[str, Any]) -> None:
     failures = doc.get("source_failures", [])
     state.source_failures.update(failures.items() if isinstance(failures, dict) else
                                  ((unit, n) for unit, n in failures))
+    state.read_rates.update((name, float(rate)) for name, rate in doc.get("read_rates", []))
     pending = doc.get("pending", [])
     if isinstance(pending, dict):
         pending = [[*key.split("\x1f", 1), items] for key, items in pending.items()]
