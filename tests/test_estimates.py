@@ -256,6 +256,9 @@ def test_a_flood_is_read_as_a_sample_within_budget_and_the_checkpoint_keeps_up(t
     as_json = next(i for i in result_json(results[-1])["incidents"] if i["id"] == incident.id)
     assert as_json["count_estimated"] is True and as_json["count_bound"] == incident.count_bound
     assert result_json(results[1])["stats"]["sampled"]["missing-session-table"] > 1
+    # the failed requests read in the sample count as many as they stand for, too
+    failed = sum(f.requests_failed for f in results[-1].state.revisions.values())
+    assert abs(failed - (flood.count + 1)) <= 2 * incident.count_bound
     [rare] = [i for i in results[-1].state.incidents.values() if i.signal == "type-error"]
     assert rare.count == 1 and not rare.count_estimated
     # once a read finds the flood over, the next one is whole again

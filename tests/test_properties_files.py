@@ -153,6 +153,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @example(('{"entries": [{"insertId": "a", "logName": "l", "timestamp": "2025-12-04T21:03:00Z"}]}'
           "\n", [{}], "object"), False, 1)
 @example(("[]", [], "array"), False, 1)
+# a JSON-lines file whose first (broken) entry looks like a wrapper: more lines follow it
+@example(('{"0": []}\nnull\nnull\n', [{"0": []}, None, None], "lines"), False, 1)
 @example(("", [], "lines"), True, 3)
 def test_a_whole_document_gives_every_good_entry_and_counts_every_bad_one(
         folder: Path, doc: tuple[str, list[Any], str], gz: bool, chunk_size: int) -> None:

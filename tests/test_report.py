@@ -228,6 +228,8 @@ def test_an_estimated_count_is_said_so_in_the_write_up(config_path: Path) -> Non
     assert errors.claim.startswith("~157 matches (estimated from a sample of the matches, "
                                    "\u00b197) of MissingSessionTableError")
     assert errors.expected_count() == "returns about 157 entries (\u00b197)"
+    [failed] = [v for v in verifications(estimated, True) if v.id == "requests_failed"]
+    assert failed.claim.startswith("~157 request(s) failed") and failed.expect_within == 97
     [exact] = [v for v in rep.verifications if v.id == "errors"]
     assert exact.expected_count() == "returns 157 entries" and exact.claim.startswith("157 ")
     last = next(e for e in timeline(estimated, []) if e.kind == "last_error")

@@ -169,7 +169,7 @@ class ClassifyStream:
                     url = entry.http_url
                     route, asset = describe(url) if url else (None, False)
                     add(RequestServed(entry.timestamp, service, revision, status,
-                                      entry.instance_id, route, asset))
+                                      entry.instance_id, route, asset, entry.weight))
                 continue
             if kind is audit or kind is system:
                 event = deploy_event(entry)

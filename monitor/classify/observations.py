@@ -87,6 +87,7 @@ class RequestServed:
     instance_id: str | None = None
     route: str | None = None  # classify.requests.route_of the URL; None without one
     asset: bool = False  # a static asset: never evidence that the app works
+    weight: int = 1  # a failed request read in a flood's sample stands for `weight` (ErrorHit)
 
     @property
     def ok(self) -> bool:

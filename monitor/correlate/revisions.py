@@ -56,7 +56,7 @@ def fold(
         if obs.ok:
             facts.requests_ok += 1
         else:
-            facts.requests_failed += 1
+            facts.requests_failed += obs.weight
             if obs.route is not None and not obs.asset:
                 routes = facts.failed_routes
                 routes[obs.route] = _max(routes.get(obs.route), obs.at)

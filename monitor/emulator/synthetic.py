@@ -387,41 +387,75 @@ def _latency_ns(h: int) -> int:
 
 # --- three-valued evaluation: may any entry of a class match? -------------------------------
 
-Maybe = Callable[[Mapping[str, Any], frozenset[_Path]], bool | None]
+# A filter in three-valued form, as a tree that can be specialised to one class: ("pred", p) a
+# test of an entry, ("on", path, node) a restriction on `path` (unknown where it varies),
+# ("all" | "any", nodes), ("not", node), ("const", bool).
+Node = tuple[Any, ...]
+TRUE: Node = ("const", True)
+FALSE: Node = ("const", False)
 
 
-def _k_all(preds: list[Maybe]) -> Maybe:
-    if len(preds) == 1:
-        return preds[0]
+def _judge(node: Node, e: Mapping[str, Any], v: frozenset[_Path]) -> bool | None:
+    """The node's value for `e`, None (unknown) where it reads a field in `v` (Kleene)."""
+    tag = node[0]
+    if tag == "on":
+        return None if _varies(node[1], v) else _judge(node[2], e, v)
+    if tag == "pred":
+        return bool(node[1](e))
+    if tag == "const":
+        return bool(node[1])
+    if tag == "not":
+        r = _judge(node[1], e, v)
+        return None if r is None else not r
+    want = tag == "any"  # the value that decides: True for any, False for all
+    unknown = False
+    for child in node[1]:
+        r = _judge(child, e, v)
+        if r is None:
+            unknown = True
+        elif r is want:
+            return want
+    return None if unknown else not want
 
-    def f(e: Mapping[str, Any], v: frozenset[_Path]) -> bool | None:
-        unknown = False
-        for p in preds:
-            r = p(e, v)
-            if r is None:
-                unknown = True
-            elif not r:
-                return False
-        return None if unknown else True
 
-    return f
+def _special(node: Node, rep: Mapping[str, Any], v: frozenset[_Path]) -> Node:
+    """The node for the entries of one class (`rep`, varying in `v`): what reads only fields
+    they share is decided once, and what is left reads the fields that vary."""
+    tag = node[0]
+    if tag == "on":
+        return node if _varies(node[1], v) else _special(node[2], rep, v)
+    if tag == "pred":
+        return TRUE if node[1](rep) else FALSE
+    if tag == "const":
+        return node
+    if tag == "not":
+        inner = _special(node[1], rep, v)
+        return (FALSE if inner[1] else TRUE) if inner[0] == "const" else ("not", inner)
+    want = tag == "any"
+    kept = []
+    for child in node[1]:
+        c = _special(child, rep, v)
+        if c[0] == "const":
+            if bool(c[1]) is want:
+                return c
+            continue
+        kept.append(c)
+    if not kept:
+        return ("const", not want)
+    return kept[0] if len(kept) == 1 else (tag, tuple(kept))
 
 
-def _k_any(preds: list[Maybe]) -> Maybe:
-    if len(preds) == 1:
-        return preds[0]
+def _reads(node: Node, path: _Path) -> bool:
+    tag = node[0]
+    if tag == "on":
+        return node[1] == path or _reads(node[2], path)
+    if tag in ("all", "any"):
+        return any(_reads(c, path) for c in node[1])
+    return tag == "not" and _reads(node[1], path)
 
-    def f(e: Mapping[str, Any], v: frozenset[_Path]) -> bool | None:
-        unknown = False
-        for p in preds:
-            r = p(e, v)
-            if r is None:
-                unknown = True
-            elif r:
-                return True
-        return None if unknown else False
 
-    return f
+def _k(tag: str, nodes: list[Node]) -> Node:
+    return nodes[0] if len(nodes) == 1 else (tag, tuple(nodes))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -433,32 +467,31 @@ def _varies(path: _Path, varying: frozenset[_Path]) -> bool:
 
 
 class _MaybeParser(_query._Parser):
-    """The filter grammar of query.py, built into three-valued predicates (Kleene's logic):
-    a restriction on a field that varies within a class is unknown (None). Leaves are
-    query.py's own, so each restriction means exactly what it means there."""
+    """The filter grammar of query.py, built into a three-valued tree (`Node`): a restriction
+    on a field that varies within a class is unknown. Leaves are query.py's own, so each
+    restriction means exactly what it means there."""
 
-    def maybe(self) -> Maybe:
+    def maybe(self) -> Node:
         if self.peek().kind == "end":
-            return lambda e, v: True
-        return _k_all(self.conjuncts(self.primary))  # type: ignore[arg-type]
+            return TRUE
+        return _k("all", self.conjuncts(self.primary))  # type: ignore[arg-type]
 
     def disjunction(self, leaf: Any, top: bool) -> Any:
-        preds = [self.unary(leaf)]
+        nodes = [self.unary(leaf)]
         while self.peek().kind == "OR":
             self.take()
-            preds.append(self.unary(leaf))
-        return _k_any(preds)
+            nodes.append(self.unary(leaf))
+        return _k("any", nodes)
 
     def unary(self, leaf: Any) -> Any:
         if self.peek().kind in ("NOT", "-"):
             self.take()
-            inner: Maybe = self.unary(leaf)
-            return lambda e, v: None if (r := inner(e, v)) is None else not r
+            return ("not", self.unary(leaf))
         if self.peek().kind == "(":
             self.take()
-            preds = self.conjuncts(leaf)
+            nodes = self.conjuncts(leaf)
             self.take()
-            return _k_all(preds)  # type: ignore[arg-type]
+            return _k("all", nodes)  # type: ignore[arg-type]
         return leaf()
 
     def restriction(self, path_tok: Any) -> Any:
@@ -467,28 +500,45 @@ class _MaybeParser(_query._Parser):
 
         def value() -> Any:
             tok = self.take()
-            pred = _query._comparison(path, op.text, tok, self.src)
-            return lambda e, v: bool(pred(e))
+            return ("pred", _query._comparison(path, op.text, tok, self.src))
 
-        node: Maybe = self.unary(value) if self.peek().kind == "(" else value()
-        return lambda e, v: None if _varies(path, v) else node(e, v)
+        node = self.unary(value) if self.peek().kind == "(" else value()
+        return ("on", path, node)
 
     def function(self, name: Any) -> Any:
         first = self.toks[self.i + 1] if self.i + 1 < len(self.toks) else None
         pred = _query._Parser.function(self, name)
         path: _Path = ("logName",) if name.text == "log_id" else (
             tuple(first.parts) if first is not None and first.parts else ("insertId",))
-        return lambda e, v: None if _varies(path, v) else bool(pred(e))
+        return ("on", path, ("pred", pred))
 
 
 @functools.lru_cache(maxsize=256)
-def _maybe(text: str) -> Maybe | None:
+def _maybe(text: str) -> Node | None:
     """The three-valued form of a filter compile_filter accepted; None if it cannot be built
     (then every class is read and judged entry by entry: slower, never wrong)."""
     try:
         return _MaybeParser(text).maybe()
     except Exception:
         return None
+
+
+INSERT_ID: _Path = ("insertId",)
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A class a filter may match, and what of the filter is left to judge per entry: when that
+    reads the insert id (`sample(insertId, p)`), an entry is judged by it before it is built,
+    so a sample of a flood costs a hash per entry, not an entry."""
+
+    cls: _Class
+    residual: Node | None  # None: nothing to judge before building
+    varying: frozenset[_Path] = frozenset()
+
+    def may_match(self, insert_id: str) -> bool:
+        assert self.residual is not None
+        return _judge(self.residual, {"insertId": insert_id}, self.varying) is not False
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -513,7 +563,7 @@ class SyntheticStore:
         self.counters = {"queries": 0, "keys": 0, "built": 0, "served": 0}
         self._epoch = os.urandom(6).hex()
         self._lock = threading.Lock()
-        self._decisions: OrderedDict[str, list[_Class]] = OrderedDict()
+        self._decisions: OrderedDict[str, list[_Candidate]] = OrderedDict()
         self.start_ns = _ns_of(spec.start)
         self.end_ns = self.start_ns + int(spec.duration * NS)
         self._resources: dict[str, dict[str, Any]] = {}
@@ -832,7 +882,7 @@ class SyntheticStore:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _candidates(self, text: str) -> list[_Class]:
+    def _candidates(self, text: str) -> list[_Candidate]:
         """The classes the filter may match (cached by its text)."""
         with self._lock:
             hit = self._decisions.get(text)
@@ -840,8 +890,17 @@ class SyntheticStore:
                 self._decisions.move_to_end(text)
                 return hit
         maybe = _maybe(text)
-        chosen = [c for c in self._classes
-                  if maybe is None or maybe(c.rep, c.varying) is not False]
+        chosen = []
+        for c in self._classes:
+            if maybe is None:
+                chosen.append(_Candidate(c, None))
+                continue
+            left = _special(maybe, c.rep, c.varying)
+            if left == FALSE:
+                continue
+            by_id = INSERT_ID in c.varying and _reads(left, INSERT_ID)
+            chosen.append(_Candidate(c, left, c.varying - {INSERT_ID}) if by_id
+                          else _Candidate(c, None))
         with self._lock:
             self._decisions[text] = chosen
             while len(self._decisions) > 64:
@@ -883,10 +942,10 @@ class SyntheticStore:
                 lo = max(lo, cursor[0])
         if lo > hi:
             return [], ""
-        classes = {c.no: c for c in self._candidates(filter)
-                   if c.first_ns <= hi and c.last_ns >= lo}
+        candidates = {k.cls.no: k for k in self._candidates(filter)
+                      if k.cls.first_ns <= hi and k.cls.last_ns >= lo}
         streams: list[Iterator[tuple[int, str, str, int, int]]] = [
-            c.keys(lo, hi, desc) for c in classes.values()]
+            k.cls.keys(lo, hi, desc) for k in candidates.values()]
         streams.append(self._fixed_keys(lo, hi, desc))
         found: list[StoredEntry] = []
         size_bytes = 0
@@ -902,7 +961,10 @@ class SyntheticStore:
                 if now is not None and parse_rfc3339_ns(entry["receiveTimestamp"]) > now:  # type: ignore[operator]
                     continue
             else:
-                cls = classes[no]
+                candidate = candidates[no]
+                cls = candidate.cls
+                if candidate.residual is not None and not candidate.may_match(insert_id):
+                    continue
                 if now is not None and cls.received(i, ts) > now:
                     continue
                 entry = cls.make(i)

@@ -102,9 +102,12 @@ def verifications(rep: IncidentReport, has_requests: bool) -> list[Verification]
             q = (f'resource.type="cloud_run_revision" AND resource.labels.service_name='
                  f"{_q(service)} AND resource.labels.revision_name=({names}) AND {REQUESTS} "
                  "AND httpRequest.status>=500")
-            out.append(_make("requests_failed", f"{rep.requests_failed:,} request(s) failed "
-                             "(HTTP 5xx) on the revisions hit", q, project, min(starts),
-                             max(ends) + TICK, count=rep.requests_failed))
+            # In a flood failed requests are sampled as the matches are: as rough an estimate
+            about = "~" if inc.count_estimated else ""
+            out.append(_make("requests_failed", f"{about}{rep.requests_failed:,} request(s) "
+                             "failed (HTTP 5xx) on the revisions hit", q, project, min(starts),
+                             max(ends) + TICK, count=rep.requests_failed,
+                             within=inc.count_bound))
     if rep.introduced is not None:
         v = _migrations("cause_migrations", "introducing", rep.introduced, project, service)
         if v is not None:

@@ -394,6 +394,9 @@ class FileSource:
         lineno = buf.where(buf.pos)[0]
         buf.pos = buf.text.rfind("\n", 0, buf.pos) + 1  # back to the start of that line
         first = True
+        # A first line like `{"entries": [...]}` is the REST API's answer when it is the only
+        # line, and a JSON-lines file's first (broken) entry when more follow: held until then.
+        held: tuple[str, Any, int] | None = None
         scanned = 0  # characters after pos already known to hold no newline
         overlong = False
         while True:
@@ -411,6 +414,9 @@ class FileSource:
             line = buf.text[buf.pos : nl]
             buf.pos = min(nl + 1, len(buf.text))
             scanned = 0
+            if held is not None and (overlong or line.strip()):
+                yield f"line {held[2]}", held[1]
+                held = None
             if overlong:
                 overlong = False
                 yield f"line {lineno}", _Bad(f"longer than {self.max_entry_chars} characters")
@@ -423,25 +429,36 @@ class FileSource:
                         "array itself, or one object per line (jq -c '.[]')"
                     )
                 record = self._decode_line(line)
-                if first:
-                    self._refuse_wrapper(line, record, lineno)
+                if first and self._wrapper_key(line, record) is not None:
+                    held = (line, record, lineno)
+                else:
+                    yield f"line {lineno}", record
                 first = False
-                yield f"line {lineno}", record
             if nl >= len(buf.text) and buf.eof:
+                if held is not None:
+                    self._refuse_wrapper(held[0], held[1], held[2])
                 return
             lineno += 1
 
     def _refuse_wrapper(self, text: str, record: Any, lineno: int) -> None:
         """An object that holds the entries in an array (`{"entries": [...]}`, the REST API's
         answer) is not a JSON-lines file whose first entry is broken: say what it is."""
-        m = _WRAPPER.match(text)
-        if m is None or m[1] in _ENTRY_ARRAYS or (
-                isinstance(record, Mapping) and not isinstance(record.get(m[1]), list)):
+        key = self._wrapper_key(text, record)
+        if key is None:
             return
         raise SourceError(
             f"{self.path}: line {lineno} is a JSON object holding the entries under "
-            f"\"{m[1]}\", not a log export: give the array itself (jq '.{m[1]}'), or the "
+            f"\"{key}\", not a log export: give the array itself (jq '.{key}'), or the "
             "output of `gcloud logging read --format=json`")
+
+    @staticmethod
+    def _wrapper_key(text: str, record: Any) -> str | None:
+        """The key of the array an object that looks like a wrapper holds, else None."""
+        m = _WRAPPER.match(text)
+        if m is None or m[1] in _ENTRY_ARRAYS or (
+                isinstance(record, Mapping) and not isinstance(record.get(m[1]), list)):
+            return None
+        return m[1]
 
     @staticmethod
     def _next_line(buf: _Buffer) -> str:
