@@ -10,6 +10,11 @@ Rules, after the API reference of `entries.list` (google.logging.v2.ListLogEntri
 - `pageSize` 0 means 50, as the API's default; negative or above 1,000 is INVALID_ARGUMENT. A
   page also stops before it would exceed `max_page_bytes` of serialized entries, so a page
   always fits in gRPC's default 4 MiB message (the API, too, may return fewer than asked).
+  With `max_scan`, a page also stops after looking at that many entries, found or not, with a
+  token to go on: Cloud Logging does that on a long search ("If a value for next_page_token
+  appears and the entries field is empty, it means that the search found no log entries so
+  far but it did not have time to search all the possible log entries": ListLogEntriesResponse,
+  cloud.google.com/logging/docs/reference/v2/rpc/google.logging.v2).
 - `nextPageToken` is present only when another matching entry exists. It is opaque (base64 of a
   small JSON document) and holds the position of the next page as a sort key, not an offset, so
   entries appended between pages neither repeat nor shift what the read sees: like Cloud Logging,
@@ -165,8 +170,10 @@ class EntryStore:
     """Log entries in (timestamp, insertId) order, queried as ListLogEntries queries them."""
 
     def __init__(self, entries: Iterable[Mapping[str, Any]] = (), *,
-                 max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES, central: str | None = None) -> None:
+                 max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES, central: str | None = None,
+                 max_scan: int | None = None) -> None:
         self.max_page_bytes = max_page_bytes
+        self.max_scan = max_scan
         self.central = central
         self._lock = threading.Lock()
         self._seq = itertools.count()
@@ -274,8 +281,12 @@ class EntryStore:
         found: list[StoredEntry] = []
         size_bytes = 0
         matches = query.matches
-        for i in range(hi - 1, lo - 1, -1) if desc else range(lo, hi):
+        scan = self.max_scan
+        for n, i in enumerate(range(hi - 1, lo - 1, -1) if desc else range(lo, hi)):
             item = items[i]
+            if scan is not None and n >= scan:  # out of time: what it found, and go on
+                token = {"v": 1, "r": request_id, "e": epoch, "k": list(item.key), "n": page + 1}
+                return found, base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
             if (item.project not in projects and self.central not in projects) \
                     or not matches(item.json):
                 continue

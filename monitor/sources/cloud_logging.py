@@ -431,7 +431,8 @@ class CloudLoggingSource:
         needles, sampled in a flood, and the follow-up lines around tool output, merged in
         timestamp order."""
         if self.selection is None:
-            yield from self._read(self.filter_for(window), stats, self.max_pages)
+            yield from self._read(self.filter_for(window), stats, self.max_pages,
+                                  floor=window.start)
             self._note_cut(stats)
             return
         main = self._needles(window, stats, self.selection)
@@ -476,21 +477,26 @@ class CloudLoggingSource:
         entries: list[LogEntry] = []
         rates: dict[str, float] = dict(window.rates)
         part, pages = window, self.max_pages
+        resume, previous = _Resume(), ""
         while True:
             weights = plan(rates, seconds(part), pages * PAGE_SIZE)
             filter_ = self.filter_for(part, weights)
+            if filter_ != previous:  # the same query (a part that read nothing): go on with it
+                resume.token = None
+            previous = filter_
             weigher = Weigher(selection, weights, not selection.by_pattern(filter_, weights))
             tally, spent = Tally(), stats.api_requests
             stats.cut_at = None
             allowed = pages if pages <= 1 else math.ceil(pages * FILL)
             entries.extend(weigher.weigh(e, tally)
-                           for e in self._read(filter_, stats, allowed))
+                           for e in self._read(filter_, stats, allowed, floor=part.start,
+                                               resume=resume))
             for name, w in weights.items():
                 stats.sampled[name] = max(w, stats.sampled.get(name, 1))
             pages -= stats.api_requests - spent
             measured = tally.rates(seconds(part, until=stats.cut_at))
-            if measured is not None:
-                rates = measured
+            if measured is not None and (stats.cut_at is None or measured):
+                rates = measured  # (a part cut before it read anything says nothing of them)
             if stats.cut_at is None or pages <= 0 or stats.api_requests == spent:
                 break
             part = replace(part, start=stats.cut_at)
@@ -547,12 +553,20 @@ class CloudLoggingSource:
         return entries, more.cut_at is not None
 
     def _read(self, filter_: str, stats: ReadStats, max_pages: int,
-              page_size: int = PAGE_SIZE) -> Iterator[LogEntry]:
+              page_size: int = PAGE_SIZE, floor: datetime | None = None,
+              resume: _Resume | None = None) -> Iterator[LogEntry]:
+        """The filter's entries, page by page, at most `max_pages`; when they run out before
+        the last page, `stats.cut_at` says how far it read: the last entry's time, or `floor`
+        (the read's start) when the pages held none (a long search answers empty pages with a
+        token to go on), so the window is never taken as read when it was not. `resume`: where
+        a read of the same filter stopped, to go on from (and where this one stops)."""
         last: datetime | None = None
+        start, resume = (resume.token if resume else None), resume or _Resume()
+        resume.token = None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging-read")
         try:
             # `pending`: the request for the page after the one being consumed (see the rules)
-            pending = ahead.submit(self._fetch, filter_, None, stats, page_size) \
+            pending = ahead.submit(self._fetch, filter_, start, stats, page_size) \
                 if max_pages else None
             for pages in range(1, max_pages + 1):
                 assert pending is not None
@@ -570,7 +584,8 @@ class CloudLoggingSource:
                     return
             # The budget is spent: everything up to `last` is read (timestamp order), the rest
             # of the window waits for the next cycle.
-            stats.cut_at = last
+            stats.cut_at = last if last is not None else (floor or EPOCH)
+            resume.token = page.next_token
         finally:
             # A reader that stops early (shutdown) does not wait for a request still in flight.
             ahead.shutdown(wait=False, cancel_futures=True)
@@ -596,6 +611,13 @@ class CloudLoggingSource:
                                    code=exc.code) from exc
                 log.warning("projects/%s: %s; retrying in %.1fs", self.project, exc, delay)
                 self.sleep(delay)
+
+
+@dataclass
+class _Resume:
+    """The page token a read stopped at, for a read of the same filter to go on from."""
+
+    token: str | None = None
 
 
 def _event_order(entry: LogEntry) -> tuple[datetime, str]:

@@ -406,3 +406,30 @@ def test_the_classifier_drops_other_projects_entries_that_reach_it(tmp_path):
                                        "--dry-run"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["incidents"] == []
+
+
+@pytest.mark.parametrize("select", [True, False])
+def test_a_budget_spent_on_empty_pages_never_takes_the_window_as_read(store, select):
+    """Cloud Logging answers a long search with empty pages and a token to go on (see
+    monitor/emulator/store.py, `max_scan`). Two such pages spend a budget of two: the
+    checkpoint must stay before the errors they did not reach, not move past them."""
+    from monitor.emulator import EntryStore
+    from monitor.queries import Selection
+
+    # another service's lines: scanned by the search, selected by neither read
+    noise = [export_entry(n, n / 10, "GET /app 200 served", service="other") for n in range(600)]
+    errors = [error_entry(1000 + n, 61 + n) for n in range(3)]
+    chosen = Selection(signals=(("missing-session-table", "MissingSessionTableError"),))
+    with Emulator(EntryStore(max_scan=100), rest=False) as emu:
+        emu.store.append([*noise, *errors], received_at=T0)
+        now = T0 + timedelta(minutes=5)
+        small = source(emu, max_pages=2, selection=chosen if select else None)
+        result = cycle(config(), store, small, now)
+        assert result.stats.entries_read <= 200 and incident_count(store) == 0
+        checkpoint = store.checkpoint(PROJECT)
+        assert checkpoint is not None and checkpoint.cursor is not None  # not read: kept
+        assert checkpoint.cursor <= T0 + timedelta(seconds=61)
+        # a budget that reaches them reads them, from where the checkpoint stayed
+        cycle(config(), store, source(emu, max_pages=10, selection=chosen if select else None),
+              now + timedelta(minutes=1))
+    assert incident_count(store) == 3
