@@ -481,11 +481,11 @@ class CloudLoggingSource:
         while True:
             weights = plan(rates, seconds(part), pages * PAGE_SIZE)
             filter_ = self.filter_for(part, weights)
-            if filter_ != previous:  # the same query (a part that read nothing): go on with it
+            if filter_ != previous:  # else a part that read nothing: go on with its token
                 resume.token = None
             previous = filter_
             weigher = Weigher(selection, weights, not selection.by_pattern(filter_, weights))
-            tally, spent = Tally(), stats.api_requests
+            tally, spent, before = Tally(), stats.api_requests, len(entries)
             stats.cut_at = None
             allowed = pages if pages <= 1 else math.ceil(pages * FILL)
             entries.extend(weigher.weigh(e, tally)
@@ -494,12 +494,14 @@ class CloudLoggingSource:
             for name, w in weights.items():
                 stats.sampled[name] = max(w, stats.sampled.get(name, 1))
             pages -= stats.api_requests - spent
+            got = len(entries) > before  # a part cut before it read anything says nothing
             measured = tally.rates(seconds(part, until=stats.cut_at))
-            if measured is not None and (stats.cut_at is None or measured):
-                rates = measured  # (a part cut before it read anything says nothing of them)
+            if measured is not None and (stats.cut_at is None or got):
+                rates = measured
             if stats.cut_at is None or pages <= 0 or stats.api_requests == spent:
                 break
-            part = replace(part, start=stats.cut_at)
+            if got:  # else the same query again, from its token
+                part = replace(part, start=stats.cut_at)
         stats.rates = rates
         return entries
 
